@@ -89,5 +89,6 @@ def real_reports(realdata) -> list[str]:
 def real_lesions(realdata) -> list[list]:
     from jaxpetct.text.lesion import Lesion
 
-    rows = [json.loads(line) for line in (realdata / "report_lesions_llm_extracted.jsonl").read_text("utf-8").splitlines()]
+    text = (realdata / "report_lesions_llm_extracted.jsonl").read_text("utf-8")
+    rows = [json.loads(line) for line in text.splitlines()]
     return [[Lesion.from_json(x) for x in r["lesions"]] for r in rows]

@@ -22,7 +22,8 @@ def test_mistral_v1_is_the_embedded_32k_model(mistral, mistral_sp):
     assert (mistral.vocab_size, mistral.bos_id, mistral.eos_id) == (32000, mistral_sp.bos_id, mistral_sp.eos_id)
     assert mistral.pad_id == 0 and mistral.special_id("<unk>") == 0  # no pad in the vocabulary: LLaVA pads with unk
     assert mistral.adds_prefix_space
-    assert mistral.special_id("<s>") == 1 and mistral.special_id("[INST]") is None and mistral.special_id("▁the") is None
+    assert mistral.special_id("<s>") == 1
+    assert mistral.special_id("[INST]") is None and mistral.special_id("▁the") is None  # v1 has no [INST] token
     for text in OWN_TEXTS:
         assert mistral.encode(text) == mistral_sp.encode(text, bos=False, eos=False)
 
@@ -92,14 +93,16 @@ def test_special_token_precedence_follows_transformers(chatml_dir, tmp_path, lay
     config = json.loads((d / "tokenizer_config.json").read_text())
     config.pop("chat_template")
     if layout == "map_overrides_config":
-        (d / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "bos_token": "<|im_start|>"}))
+        overrides = {"eos_token": "<|endoftext|>", "bos_token": "<|im_start|>"}
+        (d / "special_tokens_map.json").write_text(json.dumps(overrides))
     elif layout == "config_with_decoder_wins":
         config["added_tokens_decoder"] = {str(i): {"content": c, "special": True, "lstrip": False, "rstrip": False,
                                                    "normalized": False, "single_word": False}
                                           for i, c in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])}
         (d / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
     else:
-        config["eos_token"] = {"__type": "AddedToken", "content": "<|endoftext|>", "special": True}  # transformers 4 style
+        # transformers 4 wrote special tokens as serialised AddedTokens
+        config["eos_token"] = {"__type": "AddedToken", "content": "<|endoftext|>", "special": True}
         config["pad_token"] = None
     (d / "tokenizer_config.json").write_text(json.dumps(config))
     tok = load_tokenizer(d)
@@ -111,7 +114,8 @@ def test_special_token_precedence_follows_transformers(chatml_dir, tmp_path, lay
 
 def test_tokenizer_model_only_folder_uses_sentencepiece(tmp_path, mistral):
     shutil.copy(mistral_v1_model_file(), tmp_path / "tokenizer.model")
-    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": {"content": "</s>"}}))
+    specials = {"bos_token": "<s>", "eos_token": {"content": "</s>"}}
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(specials))
     tok = load_tokenizer(tmp_path)
     assert isinstance(tok, SentencePieceTokenizer) and tok.name == f"hf:{tmp_path.name}"
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
