@@ -17,7 +17,8 @@ from typing import Callable, Mapping, Optional, Sequence
 from jaxpetct.text import _seeded
 from jaxpetct.text.lesion import Lesion
 from jaxpetct.text.lesion_values import fdg_avid, is_stated, suvmax_value
-from jaxpetct.text.phrasing import describe_lesion, fdg_clause, lesion_location, lesion_name, lower_first, upper_first
+from jaxpetct.text.phrasing import (clean_value, describe_lesion, fdg_clause, lesion_location, lesion_name, lower_first,
+                                    upper_first)
 from jaxpetct.text.prompts import IMAGE_PLACEHOLDER, REGION_PHRASES, Message, image_turn, region_section
 from jaxpetct.text.report import nfc
 
@@ -175,7 +176,7 @@ def lesion_qa(lesions: Sequence[Lesion], region: Optional[str] = None, findings:
         if sum(1 for v, _ in suvs if v == top[0]) == 1 and is_stated(lesions[top[1]].location):
             hot = lesions[top[1]]
             out.append(QAPair(q(_HOTTEST_Q), f"Tổn thương có SUVmax cao nhất là {lesion_name(hot)} ở "
-                                             f"{lesion_location(hot)}, với SUVmax {hot.suvmax}."))
+                                             f"{lesion_location(hot)}, với SUVmax {clean_value(hot.suvmax)}."))
     types = [nfc(lesion_name(les)).lower() for les in lesions]
     names = [(t, nfc(lesion_location(les)).lower()) for t, les in zip(types, lesions)]
     for i, les in enumerate(lesions):
@@ -189,7 +190,7 @@ def lesion_qa(lesions: Sequence[Lesion], region: Optional[str] = None, findings:
             continue  # two lesions with the same type and location: no question can single one out
         fmt = dict(The=upper_first(the), the=the, location=loc)
         if is_stated(les.size):
-            size = lower_first(les.size)
+            size = lower_first(clean_value(les.size))
             out.append(QAPair(q(_SIZE_Q, **fmt), f"{upper_first(the)} ở {loc} có kích thước {size}."))
         if avid[i] is not None:
             out.append(QAPair(q(_SUV_Q, **fmt), f"{upper_first(the)} ở {loc} {fdg_clause(les)}."))
