@@ -37,3 +37,89 @@ class Report:
         if self.impression.strip():
             parts.append(self.impression)
         return " ".join(p.strip() for p in parts)
+
+
+# --- JSON form of the release's report files (reports/*.json, reports_en/*.json) -------------------------------
+# English section names written by our own tools; the reader also accepts common spellings (the public release's
+# exact English keys are not documented), matched after dropping case, accents, spaces and punctuation.
+EN_SECTIONS = {
+    HEAD_NECK: "Head - Neck",
+    CHEST: "Chest",
+    ABDOMEN_PELVIS: "Abdomen - Pelvis",
+    MUSCULOSKELETAL: "Musculoskeletal",
+}
+
+
+def _squash(key: str) -> str:
+    base = unicodedata.normalize("NFKD", nfc(key).replace("đ", "d").replace("Đ", "D"))
+    return "".join(c for c in base.lower() if c.isalnum())
+
+
+_KEY_ALIASES = {
+    _squash(IMPRESSION_KEY): "impression",
+    _squash(EN_IMPRESSION_KEY): "impression",
+    _squash("Conclusion"): "impression",
+    _squash(FINDINGS_KEY): "findings",
+    _squash(EN_FINDINGS_KEY): "findings",
+    _squash("Image description"): "findings",
+}
+_SECTION_ALIASES = {_squash(s): s for s in SECTIONS}
+_SECTION_ALIASES.update({_squash(v): k for k, v in EN_SECTIONS.items()})
+_SECTION_ALIASES.update({
+    _squash("Head and neck"): HEAD_NECK,
+    _squash("Thorax"): CHEST,
+    _squash("Abdomen and pelvis"): ABDOMEN_PELVIS,
+    _squash("Musculoskeletal system"): MUSCULOSKELETAL,
+    _squash("Bones and muscles"): MUSCULOSKELETAL,
+})
+
+
+def report_from_json(obj: object) -> Report:
+    """Parse one release report (Vietnamese or English keys) into a `Report` keyed by the canonical SECTIONS.
+
+    Raises ValueError with the reason when the object does not follow the schema: a top-level object with an
+    impression string and a findings object whose values are strings and whose keys are the four regions.
+    Missing regions become empty strings (some reports omit a region with nothing to say).
+    """
+    if not isinstance(obj, dict):
+        raise ValueError(f"report is a {type(obj).__name__}, expected an object")
+    parts: dict[str, object] = {}
+    # Messages name keys by position, never by content: a damaged file might carry anything in a key.
+    for i, (key, value) in enumerate(obj.items()):
+        role = _KEY_ALIASES.get(_squash(str(key)))
+        if role is None:
+            raise ValueError(f"report key #{i + 1} is neither the impression nor the findings")
+        if role in parts:
+            raise ValueError(f"report key {role} given twice")
+        parts[role] = value
+    for role in ("impression", "findings"):
+        if role not in parts:
+            raise ValueError(f"report has no {role}")
+    impression, findings_obj = parts["impression"], parts["findings"]
+    if not isinstance(impression, str):
+        raise ValueError(f"impression is a {type(impression).__name__}, expected a string")
+    if not isinstance(findings_obj, dict):
+        raise ValueError(f"findings is a {type(findings_obj).__name__}, expected an object")
+    findings = {s: "" for s in SECTIONS}
+    seen: set[str] = set()
+    for i, (key, text) in enumerate(findings_obj.items()):
+        section = _SECTION_ALIASES.get(_squash(str(key)))
+        if section is None:
+            raise ValueError(f"findings key #{i + 1} is not one of the four regions")
+        if section in seen:
+            raise ValueError(f"findings section {section} given twice")
+        if not isinstance(text, str):
+            raise ValueError(f"findings section {section} is a {type(text).__name__}, expected a string")
+        seen.add(section)
+        findings[section] = nfc(text)
+    return Report(impression=nfc(impression), findings=findings)
+
+
+def report_to_json(report: Report, *, english: bool = False) -> dict:
+    """The release's JSON form; `english` writes the reports_en/ keys (EN_* names)."""
+    if english:
+        return {
+            EN_IMPRESSION_KEY: report.impression,
+            EN_FINDINGS_KEY: {EN_SECTIONS[s]: report.findings.get(s, "") for s in SECTIONS},
+        }
+    return {IMPRESSION_KEY: report.impression, FINDINGS_KEY: {s: report.findings.get(s, "") for s in SECTIONS}}

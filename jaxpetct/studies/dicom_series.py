@@ -1,0 +1,178 @@
+"""One DICOM series -> one Volume with exact geometry, or a reason why not.
+
+Slices are ordered by their position along the slice normal n = row cosine x column cosine
+(ImagePositionPatient . n), never by file name or InstanceNumber, which exports scramble. The stack must be a
+regular grid: one orientation, one image size, one pixel spacing, strictly increasing positions with even steps
+(within `SPACING_REL_TOL`/`SPACING_ABS_TOL`) and steps along n (a gantry-tilted or sheared stack is refused:
+it would need resampling to an orthogonal grid first). Copies of one instance (same SOPInstanceUID) are
+dropped with a note; two different instances at one position are an error. A single slice takes its spacing
+from SpacingBetweenSlices, else SliceThickness.
+
+Values are the modality values of the standard: stored * RescaleSlope + RescaleIntercept per slice (a missing
+pair means identity, as in pydicom's `apply_rescale`), i.e. HU for CT and the series' Units for PET.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from jaxpetct.studies.dicom_scan import quiet
+from jaxpetct.studies.study import Volume
+
+DUPLICATE_TOL_MM = 1e-3
+SPACING_REL_TOL = 0.01  # 1 % of the slice step ...
+SPACING_ABS_TOL = 0.02  # ... or 0.02 mm, whichever is larger: positions are printed with limited decimals
+TILT_TOL = 1e-3  # tan(angle) between a slice step and the slice normal (0.06 degrees)
+ORIENTATION_TOL = 1e-4
+COSINE_TOL = 1e-3
+
+
+class SeriesError(Exception):
+    """A series cannot become a volume; `file` is the relative path most responsible, `reason` says why."""
+
+    def __init__(self, file: str, reason: str):
+        self.file, self.reason = file, reason
+        super().__init__(f"{file}: {reason}")
+
+
+def _numbers(ds: Any, keyword: str, count: int, file: str) -> np.ndarray:
+    with quiet():
+        try:
+            value = ds.get(keyword)
+            arr = np.array([float(v) for v in (value if value is not None else [])], dtype=np.float64)
+        except Exception:
+            raise SeriesError(file, f"{keyword} is not numeric") from None
+    if arr.size == 0:
+        raise SeriesError(file, f"missing {keyword}")
+    if arr.size != count or not np.all(np.isfinite(arr)):
+        raise SeriesError(file, f"{keyword} must hold {count} finite numbers, it holds {arr.size}")
+    return arr
+
+
+def _number(ds: Any, keyword: str, file: str, default: Optional[float] = None) -> Optional[float]:
+    with quiet():
+        try:
+            value = ds.get(keyword)
+            if value is None or str(value).strip() == "":
+                return default
+            out = float(value)
+        except Exception:
+            raise SeriesError(file, f"{keyword} is not a number") from None
+    if not math.isfinite(out):
+        raise SeriesError(file, f"{keyword} is not finite")
+    return out
+
+
+def _check_image(ds: Any, file: str) -> tuple[int, int]:
+    samples = _number(ds, "SamplesPerPixel", file, 1.0)
+    if samples != 1:
+        raise SeriesError(file, f"colour image (SamplesPerPixel {samples:g}): holds no HU or activity values")
+    frames = _number(ds, "NumberOfFrames", file, 1.0)
+    if frames is not None and frames > 1:
+        raise SeriesError(file, f"multi-frame image ({frames:g} frames): enhanced multi-frame is not supported")
+    rows, cols = _number(ds, "Rows", file), _number(ds, "Columns", file)
+    if not rows or not cols or rows < 1 or cols < 1:
+        raise SeriesError(file, "missing or zero Rows/Columns")
+    if "PixelData" not in ds:
+        raise SeriesError(file, "no PixelData (7FE0,0010)")
+    if "ModalityLUTSequence" in ds and "RescaleSlope" not in ds:
+        raise SeriesError(file, "Modality LUT Sequence instead of RescaleSlope/Intercept is not supported")
+    return int(rows), int(cols)
+
+
+def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, list[Any], list[str], list[str]]:
+    """(volume, headers in slice order, files in slice order, notes) for one series' (file, dataset) pairs."""
+    notes: list[str] = []
+    seen: dict[str, str] = {}
+    unique = []
+    for file, ds in items:
+        sop = str(ds.get("SOPInstanceUID", "") or "")
+        if sop and sop in seen:
+            notes.append(f"{file}: a second copy of the instance in {seen[sop]}; dropped")
+            continue
+        seen[sop] = file
+        unique.append((file, ds))
+    if not unique:
+        raise SeriesError(".", "series has no images")
+
+    first_file, first = unique[0]
+    shape0 = _check_image(first, first_file)
+    iop0 = _numbers(first, "ImageOrientationPatient", 6, first_file)
+    ps0 = _numbers(first, "PixelSpacing", 2, first_file)
+    row_dir, col_dir = iop0[:3], iop0[3:]
+    if (abs(np.linalg.norm(row_dir) - 1) > COSINE_TOL or abs(np.linalg.norm(col_dir) - 1) > COSINE_TOL
+            or abs(float(row_dir @ col_dir)) > COSINE_TOL):
+        raise SeriesError(first_file, "ImageOrientationPatient cosines are not two orthonormal vectors")
+    if np.any(ps0 <= 0):
+        raise SeriesError(first_file, "PixelSpacing must be positive")
+    row_dir, col_dir = row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir)
+    normal = np.cross(row_dir, col_dir)
+    normal /= np.linalg.norm(normal)
+
+    positions = []
+    for file, ds in unique:
+        if _check_image(ds, file) != shape0:
+            raise SeriesError(file, f"mixed series: image size differs from {first_file}")
+        if np.max(np.abs(_numbers(ds, "ImageOrientationPatient", 6, file) - iop0)) > ORIENTATION_TOL:
+            raise SeriesError(file, f"mixed series: ImageOrientationPatient differs from {first_file}")
+        if np.max(np.abs(_numbers(ds, "PixelSpacing", 2, file) - ps0)) > ORIENTATION_TOL * float(ps0.max()):
+            raise SeriesError(file, f"mixed series: PixelSpacing differs from {first_file}")
+        positions.append(_numbers(ds, "ImagePositionPatient", 3, file))
+    pos = np.stack(positions)
+    dist = pos @ normal
+    order = np.argsort(dist, kind="stable")
+    files = [unique[i][0] for i in order]
+    headers = [unique[i][1] for i in order]
+    pos, dist = pos[order], dist[order]
+
+    if len(files) == 1:
+        step = _number(first, "SpacingBetweenSlices", first_file) or _number(first, "SliceThickness", first_file)
+        if not step or step <= 0:
+            raise SeriesError(first_file, "a single slice without SpacingBetweenSlices or SliceThickness")
+    else:
+        steps = np.diff(dist)
+        k = int(np.argmin(steps))
+        if steps[k] < DUPLICATE_TOL_MM:
+            raise SeriesError(files[k + 1], f"duplicated slice position: {files[k]} lies at the same position "
+                                            "along the slice normal")
+        step = float((dist[-1] - dist[0]) / (len(files) - 1))
+        dev = np.abs(steps - step)
+        k = int(np.argmax(dev))
+        if dev[k] > max(SPACING_ABS_TOL, SPACING_REL_TOL * step):
+            raise SeriesError(files[k + 1], f"uneven slice spacing: {steps[k]:.3f} mm from {files[k]}, "
+                                            f"{step:.3f} mm on average (missing slices or a gap)")
+        deltas = np.diff(pos, axis=0)
+        along = deltas @ normal
+        across = np.linalg.norm(deltas - along[:, None] * normal[None], axis=1)
+        k = int(np.argmax(across / along))
+        if across[k] > max(SPACING_ABS_TOL, TILT_TOL * along[k]):
+            angle = math.degrees(math.atan2(across[k], along[k]))
+            raise SeriesError(files[k + 1], f"slices step {angle:.2f} degrees off the slice normal (gantry tilt "
+                                            "or a sheared stack): resample to an orthogonal grid first")
+
+    data = np.empty((len(files),) + shape0, dtype=np.float32)
+    for k, (file, ds) in enumerate(zip(files, headers)):
+        data[k] = _modality_values(ds, file, shape0)
+    direction = np.stack([row_dir, col_dir, normal], axis=1)
+    volume = Volume(data=data, spacing_mm=(float(step), float(ps0[0]), float(ps0[1])), units=units,  # type: ignore
+                    origin_mm=tuple(float(v) for v in pos[0]),  # type: ignore[arg-type]
+                    direction=tuple(tuple(float(v) for v in r) for r in direction), geometry_known=True)
+    return volume, headers, files, notes
+
+
+def _modality_values(ds: Any, file: str, shape: tuple[int, int]) -> np.ndarray:
+    slope = _number(ds, "RescaleSlope", file, 1.0)
+    intercept = _number(ds, "RescaleIntercept", file, 0.0)
+    with quiet():
+        try:
+            stored = ds.pixel_array
+        except Exception as exc:
+            raise SeriesError(file, f"pixel data unreadable ({type(exc).__name__})") from None
+    if stored.shape != shape:
+        raise SeriesError(file, f"pixel data shape {stored.shape} does not match Rows/Columns {shape}")
+    values = stored.astype(np.float64) * slope + intercept
+    if not np.all(np.isfinite(values)):
+        raise SeriesError(file, "non-finite pixel values")
+    return values
