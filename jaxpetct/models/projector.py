@@ -1,0 +1,85 @@
+"""Projector: CT-ViT grid tokens (B, T, h, w, dim) -> visual tokens (B, T, d_model) for the decoder.
+
+The paper feeds each slab's whole grid, flattened (24 * 24 * 512 = 294,912 features), through one Linear into the
+LLM: for Mistral-7B that single matrix is 294,912 x 4,096 = 1.2 B parameters, more than a sixth of the LLM, and it
+is what stages 2-3 train. ``pool`` trades that for a k x k spatial average first (k = 4 on 24 x 24 gives 6 x 6 x 512 =
+18,432 features, a 64 x smaller matrix; k = h gives the slab's mean token only). pool=1 is the paper's projector.
+
+``kind='linear'`` is the paper's; ``kind='mlp'`` is LLaVA-1.5's ``mlp2x_gelu`` (Linear -> exact GELU -> Linear,
+hidden size = output size).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+def _axes(*names: str | None) -> dict[str, Any]:
+    """Logical-axis metadata, placed later from jaxpetct.parallel.rules (never eagerly)."""
+    return {"out_sharding": tuple(names), "eager_sharding": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectorConfig:
+    grid: tuple[int, int]  # (h, w) of the encoder's per-slab grid
+    vision_dim: int
+    d_model: int  # decoder hidden size
+    kind: str = "linear"  # 'linear' (paper) | 'mlp' (LLaVA-1.5 mlp2x_gelu)
+    pool: int = 1  # k x k spatial average before flattening; 1 = paper (no pooling)
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        if self.kind not in ("linear", "mlp"):
+            raise ValueError(f"projector kind must be 'linear' or 'mlp', got {self.kind!r}")
+        h, w = self.grid
+        if self.pool < 1 or h % self.pool or w % self.pool:
+            raise ValueError(f"projector pool={self.pool} must divide the encoder grid {self.grid}")
+
+    @property
+    def in_features(self) -> int:
+        h, w = self.grid
+        return (h // self.pool) * (w // self.pool) * self.vision_dim
+
+    @classmethod
+    def for_encoder(cls, encoder_cfg, d_model: int, **kwargs) -> "ProjectorConfig":
+        """Projector matching a CTViTConfig (takes its grid and dim)."""
+        _, h, w = encoder_cfg.grid
+        return cls(grid=(h, w), vision_dim=encoder_cfg.dim, d_model=d_model, **kwargs)
+
+
+def pool_grid(tokens: Array, pool: int) -> Array:
+    """(B, T, h, w, d) -> (B, T, h/k, w/k, d) by non-overlapping k x k means (float32 accumulation)."""
+    if pool == 1:
+        return tokens
+    b, t, h, w, d = tokens.shape
+    x = tokens.astype(jnp.float32).reshape(b, t, h // pool, pool, w // pool, pool, d).mean(axis=(3, 5))
+    return x.astype(tokens.dtype)
+
+
+class Projector(nnx.Module):
+    def __init__(self, cfg: ProjectorConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        common = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(cfg.in_features, cfg.d_model, kernel_metadata=_axes("vis_proj", "embed"),
+                              bias_metadata=_axes("embed"), **common)
+        self.fc2 = (nnx.Linear(cfg.d_model, cfg.d_model, kernel_metadata=_axes("mlp", "embed"),
+                               bias_metadata=_axes("embed"), **common) if cfg.kind == "mlp" else None)
+
+    def __call__(self, tokens: Array) -> Array:
+        cfg = self.cfg
+        if tokens.ndim != 5 or tuple(tokens.shape[2:]) != (*cfg.grid, cfg.vision_dim):
+            raise ValueError(f"projector expects encoder tokens (B, T, {cfg.grid[0]}, {cfg.grid[1]}, {cfg.vision_dim}), "
+                             f"got {tuple(tokens.shape)}")
+        x = pool_grid(tokens, cfg.pool)
+        b, t = x.shape[:2]
+        x = self.fc1(x.reshape(b, t, cfg.in_features))
+        if self.fc2 is not None:
+            x = self.fc2(jax.nn.gelu(x, approximate=False))
+        return x

@@ -1,0 +1,117 @@
+"""Start JAX's multi-process runtime when (and only when) the job spans several hosts.
+
+`jax.distributed.initialize()` must run before any other JAX call in every process of a multi-host job, and must
+not run in a single-host job (it would wait for a coordinator). TPU pods, SLURM and Open MPI all announce
+themselves in the environment, and JAX auto-detects the coordinator from the same variables; anywhere else the
+launcher passes the coordinator address, process count and process id explicitly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Mapping, Optional, Sequence
+
+import jax
+
+log = logging.getLogger(__name__)
+
+
+class MultihostError(RuntimeError):
+    """The job looks multi-host but the distributed runtime could not be set up; the message says what is missing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """What the environment says about the job: which scheduler, how many processes, and this one's rank."""
+
+    kind: str  # 'tpu', 'slurm', 'ompi', 'explicit', 'forced' or 'single'
+    num_processes: int  # -1 when the scheduler does not say (JAX's auto-detection finds out)
+    process_id: int
+
+    @property
+    def multi_process(self) -> bool:
+        return self.num_processes != 1
+
+
+def _int(env: Mapping[str, str], *names: str) -> Optional[int]:
+    for name in names:
+        value = env.get(name)
+        if value not in (None, ""):
+            try:
+                return int(str(value).split("(")[0].split(",")[0])
+            except ValueError:
+                raise MultihostError(f"environment variable {name}={value!r} is not an integer") from None
+    return None
+
+
+def detect_cluster(env: Optional[Mapping[str, str]] = None) -> Cluster:
+    """Read the scheduler's environment variables (pure: pass a dict to test)."""
+    env = os.environ if env is None else env
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", env.get("TPU_PROCESS_ADDRESSES", "")).split(",")
+             if h.strip()]
+    if len(hosts) > 1 or _int(env, "MEGASCALE_NUM_SLICES") not in (None, 1):
+        return Cluster("tpu", len(hosts) if len(hosts) > 1 else -1,
+                       _int(env, "TPU_WORKER_ID", "CLOUD_TPU_TASK_ID") or 0)
+    slurm_tasks = _int(env, "SLURM_NTASKS", "SLURM_NPROCS")
+    if "SLURM_JOB_ID" in env and slurm_tasks is not None and slurm_tasks > 1:
+        return Cluster("slurm", slurm_tasks, _int(env, "SLURM_PROCID") or 0)
+    ompi_size = _int(env, "OMPI_COMM_WORLD_SIZE")
+    if ompi_size is not None and ompi_size > 1:
+        return Cluster("ompi", ompi_size, _int(env, "OMPI_COMM_WORLD_RANK") or 0)
+    return Cluster("single", 1, 0)
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None, local_device_ids: Optional[Sequence[int]] = None,
+               env: Optional[Mapping[str, str]] = None, force: bool = False) -> Cluster:
+    """Start the distributed runtime if the job is multi-host; returns what was detected.
+
+    Explicit flags win; otherwise a TPU pod, a SLURM allocation with several tasks or an `mpirun` world larger
+    than one triggers JAX's own auto-detection; a single process skips initialisation entirely. `force=True`
+    calls JAX's auto-detection anyway (GCE TPU pods whose worker list lives only in the metadata server).
+    """
+    explicit = [coordinator_address, num_processes, process_id]
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            raise MultihostError("explicit multi-host start needs coordinator_address, num_processes and process_id "
+                                 f"together (got {coordinator_address=}, {num_processes=}, {process_id=})")
+        cluster = Cluster("explicit", int(num_processes), int(process_id))  # type: ignore[arg-type]
+        if cluster.multi_process:
+            _start(cluster, coordinator_address=coordinator_address, num_processes=num_processes,
+                   process_id=process_id, local_device_ids=local_device_ids)
+        return cluster
+    cluster = detect_cluster(env)
+    if force and not cluster.multi_process:
+        cluster = Cluster("forced", -1, 0)
+    if cluster.multi_process:
+        _start(cluster, local_device_ids=local_device_ids)
+    else:
+        log.info("single-process job: jax.distributed is not initialised")
+    return cluster
+
+
+def _start(cluster: Cluster, **kwargs) -> None:
+    if jax.distributed.is_initialized():
+        log.info("jax.distributed already initialised; keeping the existing runtime")
+        return
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        jax.distributed.initialize(**kwargs)
+    except Exception as e:  # the runtime's own errors are opaque about which variable was missing
+        raise MultihostError(f"jax.distributed.initialize failed for a {cluster.kind} job of "
+                             f"{cluster.num_processes} processes (this is process {cluster.process_id}): {e}") from e
+    log.info("jax.distributed up: process %d of %d (%s)", jax.process_index(), jax.process_count(), cluster.kind)
+
+
+def process_index() -> int:
+    return jax.process_index()
+
+
+def process_count() -> int:
+    return jax.process_count()
+
+
+def is_primary() -> bool:
+    """Only process 0 writes shared files (checkpoint metadata, exports, logs)."""
+    return jax.process_index() == 0

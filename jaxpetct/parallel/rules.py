@@ -1,0 +1,165 @@
+"""The one table that maps logical axis names to mesh axes, and the helpers that apply it.
+
+Models name their dimensions ('embed', 'mlp', 'q_heads', 'batch', ...) and never mesh axes; this module alone
+decides that 'embed' weights are split over `fsdp`, heads and the MLP over `tensor`, and the batch over
+`data` x `fsdp`. Changing the parallelism strategy is changing this table, not the models.
+
+Parameter names and activation names are distinct on purpose: FSDP splits a weight's `embed` dimension over
+`fsdp` while activations use `fsdp` for the batch, so an activation's feature axis is `act_embed` (replicated).
+A mesh axis is dropped from a dimension it does not divide (and never used twice in one spec), so tiny test
+models and odd head counts (Qwen2's 14 heads) still place; the dimension is then replicated instead.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MeshAxes = Union[None, str, tuple[str, ...]]
+
+LOGICAL_RULES: tuple[tuple[str, MeshAxes], ...] = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+    ("lora_rank", None),
+    ("position", None),
+    ("conv", None),
+    ("channels", None),
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_vocab", "tensor"),
+    ("cache_length", None),
+)
+
+
+class ShardingRuleError(KeyError):
+    """A logical axis name that the rules table does not know (a typo would otherwise silently replicate)."""
+
+
+def _rule_table(rules: Sequence[tuple[str, MeshAxes]]) -> dict[str, MeshAxes]:
+    return {name: axes for name, axes in rules}
+
+
+def _axes_tuple(axes: MeshAxes) -> tuple[str, ...]:
+    if axes is None:
+        return ()
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def logical_to_spec(
+    logical_axes: Sequence[Optional[str]],
+    shape: Optional[Sequence[int]] = None,
+    mesh_shape: Optional[dict[str, int]] = None,
+    rules: Sequence[tuple[str, MeshAxes]] = LOGICAL_RULES,
+) -> PartitionSpec:
+    """PartitionSpec for dimensions named `logical_axes`; with `shape` and `mesh_shape`, drops non-dividing axes."""
+    table = _rule_table(rules)
+    used: set[str] = set()
+    spec: list[MeshAxes] = []
+    for dim, name in enumerate(logical_axes):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in table:
+            raise ShardingRuleError(f"logical axis {name!r} is not in the sharding rules table {sorted(table)}")
+        kept = []
+        for axis in _axes_tuple(table[name]):
+            if axis in used:
+                continue
+            if mesh_shape is not None:
+                if axis not in mesh_shape:
+                    continue
+                if shape is not None:
+                    size = math.prod(mesh_shape[a] for a in kept) * mesh_shape[axis]
+                    if shape[dim] % size:
+                        continue
+            kept.append(axis)
+        used.update(kept)
+        spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return PartitionSpec(*spec)
+
+
+def _mesh_shape(mesh: Any) -> dict[str, int]:
+    return dict(zip(mesh.axis_names, mesh.axis_sizes)) if hasattr(mesh, "axis_sizes") else dict(mesh.shape)
+
+
+def named_sharding(logical_axes: Optional[Sequence[Optional[str]]], shape: Sequence[int], mesh: Mesh,
+                   rules: Sequence[tuple[str, MeshAxes]] = LOGICAL_RULES) -> NamedSharding:
+    """Where one array of this shape and these logical axes lives on `mesh` (replicated when unannotated)."""
+    if not logical_axes:
+        return NamedSharding(mesh, PartitionSpec())
+    if len(logical_axes) != len(shape):
+        raise ShardingRuleError(f"logical axes {tuple(logical_axes)} do not match an array of shape {tuple(shape)}")
+    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, _mesh_shape(mesh), rules))
+
+
+def logical_axes_of(variable: nnx.Variable) -> Optional[tuple[Optional[str], ...]]:
+    """The logical axis names a model attached to a variable (flax's `out_sharding` metadata)."""
+    axes = variable.get_metadata().get("out_sharding")
+    return tuple(axes) if axes else None
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, MeshAxes]] = LOGICAL_RULES) -> Any:
+    """A NamedSharding for every array of an NNX state (concrete or abstract), from its annotations."""
+
+    def one(x):
+        if isinstance(x, nnx.Variable):
+            value = x.get_value()
+            return x.replace(named_sharding(logical_axes_of(x), value.shape, mesh, rules))
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard(x: jax.Array, logical_axes: Sequence[Optional[str]],
+          rules: Sequence[tuple[str, MeshAxes]] = LOGICAL_RULES) -> jax.Array:
+    """Constrain an activation to its logical layout under the current mesh (`jax.set_mesh`); a no-op without one.
+
+    Dimensions a mesh axis does not divide stay replicated rather than padded, which keeps decode steps of one
+    token and odd head counts free of resharding surprises.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.axis_sizes) == 1:
+        return x
+    spec = logical_to_spec(logical_axes, x.shape, _mesh_shape(mesh), rules)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def init_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh,
+                 rules: Sequence[tuple[str, MeshAxes]] = LOGICAL_RULES) -> nnx.Module:
+    """Build a model with every parameter created directly in its shard (never whole on one device).
+
+    `make_model` must create its own `nnx.Rngs` (it is traced under jit), e.g. `lambda: Decoder(cfg,
+    rngs=nnx.Rngs(0))`.
+    """
+    abstract = nnx.eval_shape(make_model)
+    graphdef, abs_state = nnx.split(abstract)
+    shardings = state_shardings(abs_state, mesh, rules)
+
+    def init():
+        return nnx.state(make_model())
+
+    with jax.set_mesh(mesh):
+        state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def place_state(state: Any, mesh: Mesh, rules: Sequence[tuple[str, MeshAxes]] = LOGICAL_RULES) -> Any:
+    """Move an existing (e.g. single-device) state to its shards."""
+    return jax.device_put(state, state_shardings(state, mesh, rules))
