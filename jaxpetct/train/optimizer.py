@@ -25,12 +25,13 @@ class ParamGroup:
     weight_decay: bool = True  # decay is still skipped for vectors (norm scales, biases)
 
 
-# The paper's stages. Paths are the VLM's attribute paths: encoder/..., projector/..., decoder/...
+# The paper's stages. Paths are attribute paths of the VLM (encoder/..., projector/..., decoder/...) or of the
+# CLIP model for encoder pre-training.
 STAGE_GROUPS: dict[str, tuple[ParamGroup, ...]] = {
-    "encoder_pretrain": (
-        ParamGroup("vision", r"^(encoder|vision)/"),
-        ParamGroup("text", r"^text_encoder/"),
-        ParamGroup("heads", r"^(vision_head|text_head|logit_scale|logit_bias)"),
+    "encoder_pretrain": (  # VolumeTextCLIP: vision/..., text/..., latent heads and the loss temperature
+        ParamGroup("vision", r"^vision/"),
+        ParamGroup("text", r"^text/"),
+        ParamGroup("heads", r"^(to_vision_latent|to_text_latent|log_scale|logit_bias)(/|$)", weight_decay=False),
     ),
     "align": (ParamGroup("projector", r"^projector/"),),
     "lora": (

@@ -1,0 +1,128 @@
+"""Models from configuration: the one place that turns a config's `model` section into NNX modules.
+
+Configs are plain mappings (config-as-code files under configs/ produce ml_collections ConfigDicts); this module
+turns them into the frozen dataclass configs of each part and builds the modules, placing every parameter
+directly in its shard when a mesh is given (a 7B decoder is never materialised whole on one device).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxpetct.models import config as decoder_configs
+from jaxpetct.models.contrastive import VolumeTextCLIP
+from jaxpetct.models.ctvit import CTViT, CTViTConfig
+from jaxpetct.models.decoder import Decoder
+from jaxpetct.models.hf_io import load_decoder
+from jaxpetct.models.lora import LoRAConfig, apply_lora
+from jaxpetct.models.projector import Projector, ProjectorConfig
+from jaxpetct.models.text_encoder import RobertaConfig, RobertaEncoder, load_roberta
+from jaxpetct.models.vlm import VLM
+from jaxpetct.parallel.rules import init_sharded, place_state
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: Any) -> Any:
+    if not isinstance(name, str):
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def _plain(m: Optional[Mapping]) -> dict:
+    if m is None:
+        return {}
+    return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in dict(m).items()}
+
+
+def encoder_config(cfg: Mapping) -> CTViTConfig:
+    """`{"preset": "tiny"|"paper", "channels": 2, **overrides}` -> CTViTConfig."""
+    cfg = _plain(cfg)
+    preset = cfg.pop("preset", "tiny")
+    for k in ("dtype", "param_dtype"):
+        if k in cfg:
+            cfg[k] = dtype_of(cfg[k])
+    if preset == "tiny":
+        return CTViTConfig.tiny(**cfg)
+    if preset == "paper":
+        return CTViTConfig.paper(**cfg)
+    raise ValueError(f"unknown CT-ViT preset {preset!r}; use 'tiny' or 'paper'")
+
+
+def decoder_config(cfg: Mapping) -> decoder_configs.DecoderConfig:
+    """`{"preset": "tiny"|"mistral_7b"|..., **overrides}`; `hf_dir` (weights) is handled by `build_decoder`."""
+    cfg = _plain(cfg)
+    cfg.pop("hf_dir", None)
+    preset = cfg.pop("preset", "tiny")
+    return decoder_configs.preset(preset, **cfg)
+
+
+def lora_config(cfg: Optional[Mapping]) -> Optional[LoRAConfig]:
+    cfg = _plain(cfg)
+    if not cfg or int(cfg.get("rank", 0)) <= 0:
+        return None
+    if "targets" in cfg:
+        cfg["targets"] = tuple(cfg["targets"])
+    return LoRAConfig(**cfg)
+
+
+def build_decoder(cfg: Mapping, *, seed: int, mesh=None) -> Decoder:
+    """Random init from a preset, or pretrained weights from `hf_dir` (HF safetensors), sharded over `mesh`."""
+    cfg = _plain(cfg)
+    hf_dir = cfg.get("hf_dir")
+    if hf_dir:
+        runtime = {k: cfg[k] for k in ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl") if k in cfg}
+        return load_decoder(hf_dir, mesh=mesh, **runtime)
+    dcfg = decoder_config(cfg)
+    make = lambda: Decoder(dcfg, rngs=nnx.Rngs(seed))  # noqa: E731
+    return init_sharded(make, mesh) if mesh is not None else make()
+
+
+def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool = True) -> VLM:
+    """CT-ViT -> projector -> decoder (+ LoRA adapters when the config asks and `with_lora`)."""
+    model_cfg = _plain(model_cfg)
+    enc_cfg = encoder_config(model_cfg.get("encoder", {}))
+    decoder = build_decoder(model_cfg.get("decoder", {}), seed=seed + 1, mesh=mesh)
+    proj = _plain(model_cfg.get("projector", {}))
+    pcfg = ProjectorConfig.for_encoder(
+        enc_cfg, decoder.cfg.hidden_size, kind=proj.get("kind", "linear"), pool=int(proj.get("pool", 1)),
+        dtype=dtype_of(proj.get("dtype", "float32")),
+    )
+    rngs = nnx.Rngs(seed, dropout=seed + 2)
+    encoder = CTViT(enc_cfg, rngs=rngs)
+    projector = Projector(pcfg, rngs=rngs)
+    model = VLM(encoder, projector, decoder, prefix_lm=bool(model_cfg.get("prefix_lm", False)),
+                freeze_encoder=bool(model_cfg.get("freeze_encoder", True)))
+    lora = lora_config(model_cfg.get("lora")) if with_lora else None
+    if lora is not None:
+        apply_lora(model.decoder, lora, nnx.Rngs(params=seed + 3, dropout=seed + 4))
+    if mesh is not None:
+        state = place_state(nnx.state(model), mesh)
+        nnx.update(model, state)
+    return model
+
+
+def build_clip(model_cfg: Mapping, *, seed: int = 0, mesh=None) -> VolumeTextCLIP:
+    """The encoder pre-training model: CT-ViT + RoBERTa text tower (random or `text_encoder.hf_dir`)."""
+    model_cfg = _plain(model_cfg)
+    enc_cfg = encoder_config(model_cfg.get("encoder", {}))
+    text = _plain(model_cfg.get("text_encoder", {}))
+    rngs = nnx.Rngs(seed)
+    if text.get("hf_dir"):
+        text_model = load_roberta(text["hf_dir"])
+    else:
+        preset = text.pop("preset", "tiny")
+        text.pop("hf_dir", None)
+        rcfg = RobertaConfig.tiny(**text) if preset == "tiny" else RobertaConfig.phobert_base(**text)
+        text_model = RobertaEncoder(rcfg, rngs=rngs)
+    clip = _plain(model_cfg.get("clip", {}))
+    model = VolumeTextCLIP(CTViT(enc_cfg, rngs=rngs), text_model, latent_dim=int(clip.get("latent_dim", 512)),
+                           vision_pool=clip.get("vision_pool", "ctclip"), text_pool=clip.get("text_pool", "cls"),
+                           loss=clip.get("loss", "clip"), rngs=rngs)
+    if mesh is not None:
+        nnx.update(model, place_state(nnx.state(model), mesh))
+    return model

@@ -1,0 +1,202 @@
+"""One training stage, end to end: split the model, place it on the mesh, restore, step, log, checkpoint.
+
+The stage's parameter groups decide what trains; everything else is split off as frozen and passed through
+the step untouched. The loop is the only place with I/O (checkpoints, metrics, progress bar); the step it
+drives is pure. Resume is exact: the train state, the RNG key and the Grain iterator position all come back
+from the checkpoint, so the loss sequence after a SIGKILL and restart is bitwise the uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxpetct.parallel.rules import named_sharding, state_shardings
+from jaxpetct.train import perf
+from jaxpetct.train.checkpoint import Checkpointer, abstract_like
+from jaxpetct.train.optimizer import STAGE_GROUPS, ParamGroup, Schedule, assign_groups, make_optimizer, path_str
+from jaxpetct.train.step import Task, TrainState, init_state, make_train_step
+from jaxpetct.train.writers import MetricWriter
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """A step produced a non-finite loss or gradient; the update was rejected and the run stopped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    name: str  # encoder_pretrain | align | lora | full (or any name with explicit `groups`)
+    steps: int
+    peak_lr: float
+    warmup_fraction: float = 0.03
+    final_lr_fraction: float = 0.0
+    weight_decay: float = 0.0
+    clip_norm: Optional[float] = 1.0
+    grad_accum_steps: int = 1
+    groups: Optional[tuple[ParamGroup, ...]] = None
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 100
+    keep: int = 2
+    best_metric: Optional[str] = "val_loss"
+    async_checkpoints: bool = True
+
+    def param_groups(self) -> tuple[ParamGroup, ...]:
+        if self.groups:
+            return tuple(self.groups)
+        if self.name not in STAGE_GROUPS:
+            raise ValueError(f"stage {self.name!r} has no default parameter groups; known: {sorted(STAGE_GROUPS)}")
+        return STAGE_GROUPS[self.name]
+
+
+def split_trainable(model: nnx.Module, groups: tuple[ParamGroup, ...]):
+    """(graphdef, trainable params, frozen rest, group name per trainable leaf)."""
+
+    def trainable(path, value) -> bool:
+        return isinstance(value, nnx.Param) and assign_groups([path_str(path)], groups)[0] is not None
+
+    graphdef, params, frozen = nnx.split(model, trainable, ...)
+    if not jax.tree.leaves(params):
+        raise ValueError(f"no parameter matches the stage's groups {[g.pattern for g in groups]}: nothing would train")
+    group_of = jax.tree_util.tree_map_with_path(lambda p, _: assign_groups([path_str(p)], groups)[0], params)
+    return graphdef, params, frozen, group_of
+
+
+def batch_sharding(mesh, batch: dict) -> dict:
+    """Batch dimension over (data, fsdp), everything else replicated."""
+    return {k: named_sharding(("batch",) + (None,) * (np.ndim(v) - 1), np.shape(v), mesh) for k, v in batch.items()}
+
+
+def to_global(batch: dict, shardings: dict) -> dict:
+    """Per-host numpy batch -> global jax.Arrays laid out by `shardings` (multi-host safe)."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
+
+
+@dataclasses.dataclass
+class StageResult:
+    model: nnx.Module
+    state: TrainState
+    last_step: int
+    metrics: dict
+
+
+def run_stage(
+    model: nnx.Module,
+    task: Task,
+    spec: StageSpec,
+    *,
+    train_iter: Iterator[dict],
+    mesh,
+    workdir: str | os.PathLike,
+    seed: int = 0,
+    evaluate: Optional[Callable[[nnx.Module], dict]] = None,
+    progress: bool = True,
+    stop_after: Optional[int] = None,
+) -> StageResult:
+    """Train `model` for `spec.steps` steps of `spec`; resumes from `workdir/checkpoints` if present.
+
+    `train_iter` yields per-host numpy batches of the VLM batch contract and, when it is a Grain iterator, its
+    position is checkpointed with the state. `evaluate(model) -> {"val_loss": ...}` runs every `eval_every`
+    steps and at the end; its metrics feed best-checkpoint selection. `stop_after` ends the run early (tests).
+    """
+    workdir = os.fspath(workdir)
+    groups = spec.param_groups()
+    graphdef, params, frozen, group_of = split_trainable(model, groups)
+    schedule = Schedule(spec.peak_lr, spec.steps, spec.warmup_fraction, spec.final_lr_fraction)
+    tx = make_optimizer(params, group_of, groups, schedule, weight_decay=spec.weight_decay, clip_norm=spec.clip_norm)
+
+    with jax.set_mesh(mesh):
+        params = jax.device_put(params, state_shardings(params, mesh))
+        frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
+        state = jax.jit(lambda p, f: init_state(p, f, tx, seed=seed))(params, frozen)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"), save_every=spec.save_every, keep=spec.keep,
+        best_metric=spec.best_metric, async_save=spec.async_checkpoints,
+    )
+    ckpt.watch_sigterm()
+    data_iter = train_iter if hasattr(train_iter, "get_state") else None
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(abstract_like(state), data_iter=data_iter)
+        log.info("resumed stage %s at step %d from %s", spec.name, int(state.step), ckpt.directory)
+    start = int(state.step)
+
+    writer = MetricWriter(workdir, stage=spec.name)
+    step_fn = make_train_step(graphdef, task, tx, accum_steps=spec.grad_accum_steps)
+    compiled = None
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    log.info("stage %s: %d trainable parameters in groups %s", spec.name, n_params, sorted(set(jax.tree.leaves(group_of))))
+    bar = tqdm(total=spec.steps, initial=start, desc=spec.name, disable=not progress or jax.process_index() != 0,
+               dynamic_ncols=True)
+    last_metrics: dict = {}
+    window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
+    flops = None
+    step = start
+    end = spec.steps if stop_after is None else min(spec.steps, stop_after)
+    try:
+        while step < end:
+            host_batch = next(train_iter)
+            b_sh = batch_sharding(mesh, host_batch)
+            batch = to_global(host_batch, b_sh)
+            if compiled is None:
+                with jax.set_mesh(mesh):
+                    jitted = jax.jit(step_fn, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, None),
+                                     donate_argnums=(0,))
+                    compiled = jitted.lower(state, batch).compile()
+                flops = perf.compiled_flops(compiled)
+            state, metrics = compiled(state, batch)
+            window_tokens += int(np.asarray(host_batch["attention_mask"]).sum()) if "attention_mask" in host_batch else 0
+            window_steps += 1
+            metrics = jax.device_get(metrics)
+            if not int(metrics["finite"]):
+                ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name, "stopped": "non-finite"},
+                          force=True)
+                ckpt.wait()
+                raise TrainingDiverged(
+                    f"stage {spec.name}: non-finite loss or gradient at step {step} (loss={metrics['loss']}, "
+                    f"grad_norm={metrics['grad_norm']}); the update was rejected and the last good state is saved "
+                    f"as step {step} in {ckpt.directory}. Lower the learning rate or check the data.")
+            step += 1
+            record = {k: float(v) for k, v in metrics.items() if k != "finite"}
+            record["lr"] = float(schedule()(step - 1) * (groups[0].lr_scale if groups else 1.0))
+            if step % spec.log_every == 0 or step == end:
+                dt = time.perf_counter() - window_t0
+                step_s = dt / max(window_steps, 1)
+                record.update(step_time_s=step_s, tokens_per_s=window_tokens / max(dt, 1e-9))
+                m = perf.mfu(flops, step_s)
+                if m is not None:
+                    record["mfu"] = m
+                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
+            eval_now = evaluate is not None and (step == end or (spec.eval_every and step % spec.eval_every == 0))
+            if eval_now:
+                record.update(evaluate(nnx.merge(graphdef, state.params, state.frozen)))
+            writer.write(step, record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            bar.update(1)
+            last_metrics = record
+            ckpt_metrics = {k: v for k, v in record.items() if k.startswith("val_")} or None
+            ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name}, metrics=ckpt_metrics,
+                      force=(step == spec.steps))
+            if ckpt.preempted(step):
+                ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name, "stopped": "preempted"},
+                          force=True)
+                ckpt.wait()
+                log.warning("stage %s: preempted; checkpointed step %d, exiting", spec.name, step)
+                raise SystemExit(143)
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+    model = nnx.merge(graphdef, state.params, state.frozen)
+    return StageResult(model=model, state=state, last_step=step, metrics=last_metrics)
