@@ -29,6 +29,11 @@ split before each new lesion head; a trailing shared uptake or conclusion applie
 repeats findings: a lesion with the same type category (or a generic "tổn thương"/uptake-only head) in the
 same location group and overlapping location words is merged into the earlier one, filling missing fields.
 
+Measured on the 103 sample test-split reports with an unambiguous id (tests/eval/test_eval_lesions.py): against
+the LLM's extraction, micro F1-T 63.7 / F1-TP 62.7 / F1-TF 63.4 / F1-TPF 62.2 with recall ~90 (the LLM omits many
+findings: 21 of the reports have no LLM lesion at all); against the expert lesions of the 14 of them that
+experts annotated, recall T 98.2 / TPF 96.4 (the LLM's: 71.4 / 69.6).
+
 CLI: `python -m jaxpetct.eval.lesions --reports FILE.jsonl [--text-key report]` -> one JSON line per input line.
 """
 from __future__ import annotations

@@ -258,7 +258,7 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict]:
                 raise PredictionFileError(p, no, f"not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise PredictionFileError(p, no, f"expected a JSON object, got {type(obj).__name__}")
-            rows.append({"_line": no, **obj})
+            rows.append({**obj, "_line": no})  # "_line": 1-based line number, for error messages
     if not rows:
         raise PredictionFileError(p, 0, "no records")
     return rows
