@@ -211,6 +211,8 @@ def _parse_row(root: str, lineno: int, fields: list[str], enc: ReleaseEncoding) 
                 raise ValueError(f"{col} names a different study than ct_path")
         if row["year"].strip() != str(year):
             raise ValueError("year column disagrees with the PETCT<year> folder")
+        if not row["name"].strip() or any(ord(c) < 32 or ord(c) == 127 for c in row["name"]):
+            raise ValueError("name is empty or holds control characters")
         if row["sex"] not in ("M", "F", ""):
             raise ValueError("sex must be M, F or empty")
         height, weight = _number(row["height"], "height"), _number(row["weight"], "weight")

@@ -162,16 +162,20 @@ def make_spec(seed: int, index: int, size: SizeSpec) -> StudySpec:
     anat = phantom.make_anatomy(height, weight, depth * size.slice_mm, uptake)
     _, pet_grid = grids(size, depth)
     n_lesions = int(rng.choice(5, p=(0.2, 0.3, 0.25, 0.15, 0.1)))
-    sites = list(SITES)
+    kinds, kind_p = ("lung", "node", "liver", "bone"), (0.3, 0.35, 0.15, 0.2)
+    used: set[str] = set()
     placed: list[phantom.PlacedLesion] = []
     facts: list[LesionFact] = []
-    for site in rng.permutation(sites):
+    for _ in range(4 * n_lesions):
         if len(placed) == n_lesions:
             break
-        site = str(site)
-        if any(p.site[:6] == site[:6] and site.startswith(("lung", "liver")) for p in placed):
-            continue  # one lesion per lung / liver keeps reports unambiguous
-        kind = SITES[site].kind
+        kind = kinds[int(rng.choice(4, p=kind_p))]
+        free = [s for s in SITES if SITES[s].kind == kind and s not in used
+                and not (kind in ("lung", "liver") and any(u[:6] == s[:6] for u in used))]
+        if not free:  # one lesion per lung / liver keeps reports unambiguous
+            continue
+        site = free[int(rng.integers(len(free)))]
+        used.add(site)
         types, (dmin, dmax), suv_range, hu = _KINDS[kind]
         names, probs = zip(*types)
         ltype = str(rng.choice(names, p=probs))
@@ -205,13 +209,21 @@ def render(spec: StudySpec, size: SizeSpec) -> tuple[np.ndarray, np.ndarray]:
     ct_grid, pet_grid = grids(size, spec.depth)
     anat = phantom.make_anatomy(spec.height_m, spec.weight_kg, spec.depth * size.slice_mm, spec.uptake)
     ct = phantom.render_anatomy(anat, ct_grid, "hu")
-    ct += rng.normal(0.0, 8.0, ct.shape).astype(np.float32)
+    noise = rng.standard_normal(ct.shape, dtype=np.float32)
+    noise *= np.float32(8.0)
+    ct += noise
+    del noise
     phantom.render_lesions(ct, ct_grid, spec.lesions, "hu")
     pet = phantom.render_anatomy(anat, pet_grid, "suv")
-    pet *= np.clip(rng.normal(1.0, 0.04, pet.shape), 0.9, 1.1).astype(np.float32)
+    gain = rng.standard_normal(pet.shape, dtype=np.float32)
+    gain *= np.float32(0.04)
+    gain += np.float32(1.0)
+    pet *= np.clip(gain, 0.9, 1.1, out=gain)
     phantom.render_lesions(pet, pet_grid, spec.lesions, "suv")
-    ct16 = np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
-    pet16 = np.clip(np.rint(pet.astype(np.float64) * PET_SCALE), 0, 32767).astype(np.int16)
+    np.rint(ct, out=ct)
+    ct16 = np.clip(ct, -1024, 3071, out=ct).astype(np.int16)
+    pet64 = np.rint(pet.astype(np.float64) * PET_SCALE)
+    pet16 = np.clip(pet64, 0, 32767, out=pet64).astype(np.int16)
     return ct16, pet16
 
 
@@ -225,7 +237,7 @@ def truth_record(spec: StudySpec, size: SizeSpec) -> dict:
                         "region": site.region, "section": site.section, "centre_mm": list(les.shape.centre),
                         "semi_axes_mm": list(les.shape.semi), "pet_voxel": list(pet_idx),
                         "ct_voxel": [pet_idx[0], 2 * pet_idx[1], 2 * pet_idx[2]],
-                        "suvmax": fact.suvmax, "diameters_mm": list(fact.diameters_mm)})
+                        "suvmax": fact.suvmax, "hu": les.hu, "diameters_mm": list(fact.diameters_mm)})
     return {"key": spec.key, "name": spec.name, "height_m": spec.height_m, "depth": spec.depth,
             "slice_mm": size.slice_mm, "lesions": lesions}
 
