@@ -14,7 +14,7 @@ import pytest
 
 from jaxpetct.studies import cohort
 from jaxpetct.studies.study import StudyError
-from jaxpetct.text.report import FINDINGS_KEY, IMPRESSION_KEY, SECTIONS
+from jaxpetct.text.report import FINDINGS_KEY, IMPRESSION_KEY
 
 SALT = "fuzz"
 N_STUDIES, ROUNDS, PER_ROUND = 10, 26, 8  # 208 corrupted studies

@@ -108,3 +108,14 @@ def test_synth_cli(tmp_path, capsys):
     assert len(cohort.list_studies(str(out))) == 3
     assert main(["synth", str(out), "--n", "3"]) == 2  # never overwrites silently
     assert "exists" in capsys.readouterr().err
+
+
+def test_inspect_without_encoding_reports_raw_pet_and_nominal_geometry(tiny_cohort, tmp_path, capsys):
+    root = tmp_path / "plain"
+    shutil.copytree(tiny_cohort, root)
+    os.unlink(root / "encoding.json")  # as the public release ships
+    assert main(["inspect", str(root), "--patient", "patient_0", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["pet"]["units"] == "raw" and rec["pet"]["suv_max"] is None and rec["pet"]["max"] > 1000
+    assert rec["ct"]["spacing_mm"] == [3.0, 500 / 64, 500 / 64] and not rec["ct"]["geometry_known"]
+    assert any("no SUV" in p for p in rec["problems"]) and sum("nominal" in p for p in rec["problems"]) == 2

@@ -48,6 +48,27 @@ def test_deterministic_by_seed_and_fast(tmp_path):
     assert len(cohort.list_studies(str(tmp_path / "a"))) == 2
 
 
+def test_a_crash_leaves_nothing_half_written(tmp_path, monkeypatch):
+    real_render, calls = synthetic.render, []
+
+    def failing(spec, size):
+        calls.append(spec.index)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return real_render(spec, size)
+
+    monkeypatch.setattr(synthetic, "render", failing)
+    with pytest.raises(RuntimeError):
+        synthetic.write_cohort(str(tmp_path / "out"), n=5, seed=0)
+    assert os.listdir(tmp_path) == []  # neither the cohort nor its temporary folder
+    synthetic.write_cohort(str(tmp_path / "keep"), n=2, seed=0)
+    before = _tree_digest(tmp_path / "keep")
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        synthetic.write_cohort(str(tmp_path / "keep"), n=5, seed=1, overwrite=True)
+    assert _tree_digest(tmp_path / "keep") == before and os.listdir(tmp_path) == ["keep"]
+
+
 def _numbers_left(text: str) -> list[str]:
     """Digits not accounted for by a size, an SUVmax or a vertebra name."""
     text = SUV_EN.sub("", SUV_VI.sub("", SIZE_VI.sub("", text)))
