@@ -21,9 +21,12 @@ import math
 import os
 import shutil
 import tempfile
+from typing import Optional
+
 import numpy as np
 
 from jaxpetct.studies import npz, phantom, release, splits
+from jaxpetct.studies.deid import pseudonymize
 from jaxpetct.studies.synthetic_reports import SITES, LesionFact, write_reports
 from jaxpetct.text.report import report_to_json
 
@@ -318,8 +321,13 @@ class CohortSummary:
 
 
 def write_cohort(out: str, n: int = 24, seed: int = 0, *, size: str = "tiny", dicom: bool = False,
-                 phi_canaries: bool = False, compress: bool = False, overwrite: bool = False) -> CohortSummary:
-    """Write the cohort to `out` (which must not exist, or be empty, unless `overwrite`)."""
+                 phi_canaries: bool = False, compress: bool = False, overwrite: bool = False,
+                 salt: Optional[str] = None) -> CohortSummary:
+    """Write the cohort to `out` (which must not exist, or be empty, unless `overwrite`).
+
+    With `salt`, each truth record also carries the `study_id` that ingestion with that salt will give the
+    study (otherwise use `truth_by_study_id`); the salt itself is never written.
+    """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}")
     if n < 1:
@@ -344,6 +352,8 @@ def write_cohort(out: str, n: int = 24, seed: int = 0, *, size: str = "tiny", di
             if dicom:
                 _write_dicom(tmp, spec, spec_size, ct16, pet16, (vi, en), phi_canaries)
             truth = truth_record(spec, spec_size)
+            if salt:
+                truth["study_id"] = pseudonymize(spec.key, salt)
             truths.append(json.dumps(truth, ensure_ascii=False))
             split = splits.split_of(spec.year, spec.month)
             counts[split] = counts.get(split, 0) + 1
@@ -378,8 +388,6 @@ def read_truth(root: str) -> dict[str, dict]:
 
 
 def truth_by_study_id(root: str, salt: str) -> dict[str, dict]:
-    from jaxpetct.studies.deid import pseudonymize
-
     return {pseudonymize(key, salt): rec for key, rec in read_truth(root).items()}
 
 

@@ -108,3 +108,11 @@ def test_truth_file_is_keyed_by_pseudonym_only_on_request(canary_cohort):
     with pytest.raises(ValueError):
         synthetic.truth_by_study_id(str(canary_cohort), "")  # unsalted pseudonyms are refused
     json.loads(truth.splitlines()[0])
+
+
+def test_truth_can_carry_study_ids(tmp_path):
+    synthetic.write_cohort(str(tmp_path / "c"), n=2, seed=0, salt=SALT)
+    text = (tmp_path / "c" / synthetic.TRUTH).read_text("utf-8")
+    assert SALT not in text
+    ids = {json.loads(line)["study_id"] for line in text.splitlines()}
+    assert ids == {s.study_id for s in cohort.iter_studies(cohort.list_studies(str(tmp_path / "c")), salt=SALT)}
