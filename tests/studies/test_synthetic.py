@@ -99,6 +99,9 @@ def test_reports_mention_exactly_the_lesions(tiny_cohort):
                 assert parsed.size in study.report.findings[section]
                 assert parsed.to_json() == les["lesion"]
                 assert (parsed.suvmax == "Không có") == (les["suvmax"] is None)
+        sites = {les["site"] for les in lesions}
+        every_text = " ".join([study.report.impression, *study.report.findings.values()])
+        assert [s for s in SITES if s not in sites and SITES[s].vi in every_text] == []  # no location invented
         sizes = sorted(tuple(map(int, m)) for m in SIZE_VI.findall(study.report.impression))
         assert sizes == sorted(tuple(les["diameters_mm"]) for les in lesions)
         assert "SUVmax" not in study.report.impression and _numbers_left(study.report.impression) == []
