@@ -16,6 +16,7 @@ from scipy import ndimage
 from jaxpetct.studies.study import Volume
 
 EDGE_SNAP = 1e-6  # voxels: indices this close outside the grid are rounding, not outside the field of view
+GRID_SNAP = 1e-9  # voxels: indices this close to a voxel centre hit it (identical grids copy exactly)
 
 
 def index_to_world(vol: Volume) -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +42,8 @@ def grid_to_grid(src: Volume, dst: Volume) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _snap(coords: np.ndarray, size: int) -> np.ndarray:
+    nearest = np.rint(coords)
+    coords = np.where(np.abs(coords - nearest) < GRID_SNAP, nearest, coords)
     coords = np.where((coords < 0) & (coords > -EDGE_SNAP), 0.0, coords)
     return np.where((coords > size - 1) & (coords < size - 1 + EDGE_SNAP), size - 1.0, coords)
 
