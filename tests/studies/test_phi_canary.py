@@ -96,7 +96,9 @@ def test_no_canary_leaves_ingestion(canary_cohort, tmp_path, caplog, capsys):
     print(f"\nchecked {len(outputs)} outputs and {len(caplog.records)} log records against "
           f"{len(canaries)} canaries: {sorted(leaks) or 'no leak'}")
     assert leaks == set(), [t[:400] for t in outputs if _leaks(t, canaries)]
-    assert any("study_0000" in o or "[" in o for o in outputs)  # errors still name a (scrubbed) file
+    files = sorted(s.file for s in walk.skipped)  # errors still name the file, scrubbed
+    assert files[0].startswith("study_0000/") and files[0].endswith(".dcm") and "[" in files[0]
+    assert files[1].startswith("study_0002/") and files[1].endswith("/report.json") and "[" in files[1]
 
 
 def test_truth_file_is_keyed_by_pseudonym_only_on_request(canary_cohort):
