@@ -281,7 +281,7 @@ def _find(root) -> DicomStudyList:
                 image_type=_multi(first, "ImageType"), corrected_image=_multi(first, "CorrectedImage"),
                 conflict="files of modalities CT and PT share one SeriesInstanceUID (mixed series)"
                 if len(modalities_of[series_uid]) > 1 else ""))
-        studies.append(DicomStudyRef(index, str(root), study_uid, tuple(series)))
+        studies.append(DicomStudyRef(index, os.path.abspath(root), study_uid, tuple(series)))
     scrub = Scrubber(phi, name_parts=True)
     skipped = [Skipped(scrub(s.file), scrub(s.reason)) for s in skipped]
     log.info("DICOM scan: %d files, %d studies, %d files skipped", n_files, len(studies), len(skipped))

@@ -83,7 +83,10 @@ def _check_image(ds: Any, file: str) -> tuple[int, int]:
 
 
 def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, list[Any], list[str], list[str]]:
-    """(volume, headers in slice order, files in slice order, notes) for one series' (file, dataset) pairs."""
+    """(volume, headers in slice order, files in slice order, notes) for one series' (file, dataset) pairs.
+
+    The data sets' pixel data is consumed (dropped once converted) to keep one copy of a study in memory.
+    """
     notes: list[str] = []
     seen: dict[str, str] = {}
     unique = []
@@ -178,6 +181,9 @@ def _modality_values(ds: Any, file: str, shape: tuple[int, int]) -> np.ndarray:
     if stored.shape != shape:
         raise SeriesError(file, f"pixel data shape {stored.shape} does not match Rows/Columns {shape}")
     values = stored.astype(np.float64) * slope + intercept
+    del ds[0x7FE00010]  # the raw bytes and pydicom's decoded copy would double a study's memory
+    if hasattr(ds, "_pixel_array"):
+        ds._pixel_array = None
     if not np.all(np.isfinite(values)):
         raise SeriesError(file, "non-finite pixel values")
     return values

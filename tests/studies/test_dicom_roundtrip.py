@@ -147,6 +147,7 @@ def test_tilt_tolerance_accepts_rounding_but_not_a_tilt(tmp_path):
     for k, (_, ds) in enumerate(items):
         ds.ImagePositionPatient = [f"{float(v) + 1e-6 * (-1) ** k:.6f}" for v in ds.ImagePositionPatient]
     build_volume(items, "HU")
+    items = [(p.name, pydicom.dcmread(p)) for p in written.ct_files]  # build_volume consumed the pixel data
     for k, (_, ds) in enumerate(items):
         ds.ImagePositionPatient = [float(ds.ImagePositionPatient[0]) + k * 2.5 * np.tan(np.radians(0.5)),
                                    *ds.ImagePositionPatient[1:]]
