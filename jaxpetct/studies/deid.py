@@ -89,8 +89,8 @@ def _known_value_patterns(values: Iterable[str], name_parts: bool = False) -> li
         if len(comps) > 1:  # DICOM PN: Family^Given^Middle: also Vietnamese (family middle given) and given-first
             fam, rest = comps[0], comps[1:]
             variants += [" ".join(comps), " ".join([fam] + rest[1:] + rest[:1]), " ".join(rest + [fam])]
-            if name_parts:
-                variants += [t for c in comps for t in c.split() if len(t) >= 3]
+        if name_parts and "^" in value:  # a person name (PN values always carry a '^', see dicom_scan)
+            variants += [t for c in comps for t in c.split() if len(re.sub(r"[\W_]", "", t)) >= 3]
         for v in variants:
             tokens = [re.escape(t) for t in re.split(r"[\s\^_,]+", fold(v)) if t]
             if tokens:

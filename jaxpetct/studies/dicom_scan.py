@@ -129,6 +129,8 @@ def _collect(ds: pydicom.Dataset, out: set[str], depth: int) -> None:
             if isinstance(v, bytes):
                 v = v.decode("utf-8", "ignore")
             text = str(v).strip(" \x00")
+            if text and vr == "PN" and "^" not in text:
+                text += "^"  # marks a one-component person name as a name for the scrubber
             if text:
                 out.add(text)
                 out.update(p for p in text.split("=") if p.strip())  # PN alphabetic=ideographic=phonetic
