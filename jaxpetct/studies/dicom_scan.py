@@ -79,8 +79,20 @@ def read_dataset(path: pathlib.Path, *, headers_only: bool) -> pydicom.Dataset:
             with open(path, "rb") as fh:
                 head = fh.read(4)
             if len(head) == 4 and head[:2] == b"\x08\x00":  # raw dataset starting at (0008,xxxx)
-                return pydicom.dcmread(path, force=True, **kwargs)
+                return _with_transfer_syntax(pydicom.dcmread(path, force=True, **kwargs))
             raise
+
+
+def _with_transfer_syntax(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A raw data set has no file meta; record the encoding it was parsed with, or its pixels cannot decode."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                          pydicom.uid.ExplicitVRLittleEndian if little else
+                                          pydicom.uid.ExplicitVRBigEndian)
+    return ds
 
 
 def describe(exc: BaseException, root: pathlib.Path) -> str:

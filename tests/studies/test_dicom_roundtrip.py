@@ -153,3 +153,27 @@ def test_tilt_tolerance_accepts_rounding_but_not_a_tilt(tmp_path):
                                    *ds.ImagePositionPatient[1:]]
     with pytest.raises(SeriesError, match="0.50 degrees off the slice normal"):
         build_volume(items, "HU")
+
+
+def test_implicit_vr_and_preamble_less_files_are_read(tmp_path):
+    """Older exports: Implicit VR Little Endian, and raw data sets with neither preamble nor file meta."""
+    import pydicom
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ct, pet = sup.ct_volume(), sup.pet_volume()
+    written = write_dicom_study(tmp_path, ct, pet, layout=Layout(shuffle_names=True))
+    for n, path in enumerate(written.files):
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        if n % 2:
+            ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=True)
+        else:  # no 128-byte preamble, no "DICM", no group 0002: the data set starts at (0008,0005)
+            del ds.file_meta
+            ds.preamble = None
+            pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True)
+            assert path.read_bytes()[:2] == b"\x08\x00"
+    (ref,) = find_dicom_studies(tmp_path)
+    study, notes = load_dicom_study(ref, salt=sup.SALT)
+    np.testing.assert_array_equal(study.ct.data, ct.data)
+    _assert_geometry(study.ct, ct)
+    assert np.abs(study.pet.data - resample_to_grid(pet, ct).data).max() <= sup.pet_quantum(pet).max() + 1e-5
