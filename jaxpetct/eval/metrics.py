@@ -24,7 +24,10 @@ implementation nobody here wrote, on the same tokens:
   with document frequency over the references of the evaluated corpus, idf = log(N) - log(max(1, df)),
   clipping min(hyp, ref) on TF-IDF, Gaussian length penalty with sigma = 6 (length = number of bigrams, as
   that code counts it), mean over orders, x10. We report 100 x that value (captioning papers' convention),
-  so 100 here is pycocoevalcap's 1.0; it is not bounded by 100.
+  so 100 here is pycocoevalcap's 1.0; it is not bounded by 100. Caveat: sigma = 6 was tuned for captions;
+  whole reports whose lengths differ by more than ~20 tokens get a penalty near 0 (the reproduction's reports,
+  ~200 tokens shorter than their references, score ~1e-22), so CIDEr-D is informative for VQA answers and
+  sentence-level pairs, and on whole reports mostly measures length agreement.
 
 CLI: `python -m jaxpetct.eval.metrics --predictions FILE.jsonl [--pred-key generated --ref-key reference]`.
 """
