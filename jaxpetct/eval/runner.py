@@ -43,7 +43,7 @@ from jaxpetct.text.tokenizer import Tokenizer
 
 TASKS = ("report", "vqa")
 PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
-_PSEUDONYM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")  # no spaces or slashes: never a release path/name
+PSEUDONYM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")  # no spaces or slashes: never a release path/name
 
 
 class EvalExampleError(ValueError):
@@ -85,7 +85,7 @@ class EvalExample:
 
 
 def validate(example: EvalExample, input_shape: tuple) -> None:
-    if not isinstance(example.id, str) or not _PSEUDONYM.fullmatch(example.id):
+    if not isinstance(example.id, str) or not PSEUDONYM.fullmatch(example.id):
         raise EvalExampleError("id is not a pseudonym (letters, digits, '_', '.', ':', '-' only; e.g. Study.study_id)")
     if example.task not in TASKS:
         raise EvalExampleError(f"task must be one of {TASKS}")
@@ -182,6 +182,7 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -238,7 +239,7 @@ def evaluate(model: VLM, tokenizer: Tokenizer, examples: Iterable[EvalExample], 
             try:
                 validate(ex, generator.input_shape)
             except EvalExampleError as e:
-                ok_id = isinstance(ex.id, str) and _PSEUDONYM.fullmatch(ex.id)
+                ok_id = isinstance(ex.id, str) and PSEUDONYM.fullmatch(ex.id)
                 run.skipped.append({"id": ex.id if ok_id else f"example #{k}", "reason": str(e)})
                 continue
             chunk.append(ex)
@@ -252,6 +253,7 @@ def evaluate(model: VLM, tokenizer: Tokenizer, examples: Iterable[EvalExample], 
         bar.close()
         if sink is not None:
             sink.close()
+            os.chmod(tmp, 0o644)
             os.replace(tmp, out / PREDICTIONS)
     except BaseException:
         if sink is not None:
