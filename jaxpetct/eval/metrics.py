@@ -29,7 +29,9 @@ implementation nobody here wrote, on the same tokens:
   ~200 tokens shorter than their references, score ~1e-22), so CIDEr-D is informative for VQA answers and
   sentence-level pairs, and on whole reports mostly measures length agreement.
 
-CLI: `python -m jaxpetct.eval.metrics --predictions FILE.jsonl [--pred-key generated --ref-key reference]`.
+CLI: `python -m jaxpetct.eval.metrics --predictions FILE.jsonl [--pred-key generated --ref-key reference]
+[--bertscore-model DIR [--bertscore-layer N --bertscore-idf --bertscore-baseline CSV]]`; BERTScore
+(`jaxpetct.eval.bertscore`) runs only from a local encoder folder and is otherwise skipped with a note on stderr.
 """
 from __future__ import annotations
 
@@ -285,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--punctuation", default="split", choices=["split", "drop"])
     ap.add_argument("--keep-case", action="store_true", help="do not lower-case tokens")
     ap.add_argument("--segment", action="store_true", help="pyvi word segmentation before scoring")
+    ap.add_argument("--bertscore-model", metavar="DIR", help="local RoBERTa-family encoder folder: adds bertscore")
+    ap.add_argument("--bertscore-layer", type=int, help="encoder layer (default: see jaxpetct.eval.bertscore)")
+    ap.add_argument("--bertscore-idf", action="store_true", help="IDF weights from the references")
+    ap.add_argument("--bertscore-baseline", metavar="CSV", help="rescale with this baseline file (LAYER,P,R,F)")
     args = ap.parse_args(argv)
     try:
         preds, refs, _ = read_prediction_pairs(args.predictions, args.pred_key, args.ref_key)
@@ -292,10 +298,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             preds, refs, lowercase=not args.keep_case, punctuation=args.punctuation,
             segment=args.segment, smooth=args.smooth,
         )
-    except (PredictionFileError, WordSegmentationUnavailable) as e:
+        if args.bertscore_model:
+            from jaxpetct.eval.bertscore import compute_bertscore  # JAX is imported only when asked for
+
+            scores.update(compute_bertscore(preds, refs, args.bertscore_model, layer=args.bertscore_layer,
+                                            idf=args.bertscore_idf, baseline=args.bertscore_baseline))
+    except (PredictionFileError, WordSegmentationUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(scores, indent=None))
+    if not args.bertscore_model:
+        print("note: bertscore skipped: no --bertscore-model DIR given (nothing is downloaded)", file=sys.stderr)
+    print(json.dumps(scores, indent=None, ensure_ascii=False))
     return 0
 
 
