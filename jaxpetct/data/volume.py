@@ -22,9 +22,10 @@ CT_WINDOWS = {
 
 
 def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i0, i1, w1) of torch's linear upsampling with align_corners=False along one axis."""
-    scale = n_in / n_out
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    """(i0, i1, w1) of torch's linear upsampling with align_corners=False along one axis (float32 arithmetic,
+    as torch's CPU kernel does it, so the two agree to rounding)."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = np.maximum(scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     w1 = (src - i0).astype(np.float32)
