@@ -2,7 +2,8 @@
 
     python -m jaxpetct.data build --manual-dir ROOT --data-dir DATA --config regions [--beam] [--workers N]
         [--beam-options "runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing"]
-        [--volume-shape 32 64 64] [--slice-shape 64 64] [--salt S] [--overwrite] [--no-progress]
+        [--volume-shape 32 64 64] [--slice-shape 64 64] [--compress|--no-compress] [--salt S] [--overwrite]
+        [--no-progress]
 
 Prints a summary (examples per split, quarantined studies, bytes, studies/s); a bad manual dir or manifest
 exits with status 2 and one line.
@@ -29,6 +30,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     b.add_argument("--workers", type=int, default=None, help="DirectRunner processes (default: CPU count)")
     b.add_argument("--volume-shape", type=int, nargs=3, default=None, metavar=("D", "H", "W"))
     b.add_argument("--slice-shape", type=int, nargs=2, default=None, metavar=("H", "W"))
+    b.add_argument("--compress", dest="compress", action="store_true", default=None,
+                   help="zlib the volumes (default for *_paper configs)")
+    b.add_argument("--no-compress", dest="compress", action="store_false", help="store raw bytes")
     b.add_argument("--salt", default=os.environ.get("JAXPETCT_SALT"), help="pseudonym salt ($JAXPETCT_SALT)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--overwrite", action="store_true")
@@ -39,7 +43,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         summary = build_dataset(args.manual_dir, args.data_dir, args.config, beam=args.beam or bool(args.beam_options),
                                 beam_options=args.beam_options, workers=args.workers, volume_shape=args.volume_shape,
-                                slice_shape=args.slice_shape, salt=args.salt, seed=args.seed,
+                                slice_shape=args.slice_shape, compress=args.compress, salt=args.salt, seed=args.seed,
                                 progress=not args.no_progress, overwrite=args.overwrite)
     except CohortError as e:
         print(" ".join(f"error: {e}".split()), file=sys.stderr)

@@ -71,7 +71,7 @@ class Collate:
                        image_mask=self._pad([e["image_mask"] for e in examples], length, False, bool)[0],
                        loss_mask=self._pad([e["loss_mask"] for e in examples], length, 0.0, np.float32)[0])
         meta = {k: np.asarray([e["meta"].get(k, "") for e in examples], dtype=str)
-                for k in _META_STR if k in examples[0]["meta"]}
+                for k in _META_STR if any(k in e["meta"] for e in examples)}  # a mixture may differ per row
         meta["valid"] = np.asarray(valid, bool)
         out["meta"] = meta
         return out

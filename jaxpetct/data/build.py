@@ -55,7 +55,8 @@ def beam_pipeline_options(options: Union[None, str, dict], workers: Optional[int
 
 
 def make_config(config_name: str, volume_shape: Optional[Sequence[int]] = None,
-                slice_shape: Optional[Sequence[int]] = None, include_whole_body: Optional[bool] = None):
+                slice_shape: Optional[Sequence[int]] = None, include_whole_body: Optional[bool] = None,
+                compress: Optional[bool] = None):
     """A builder config by name; with overrides, a derived config named after its grid (e.g. regions_16x32x32),
     so a dataset with another grid never lands in the directory of the named one."""
     from tfds_builder.vimed_pet.vimed_pet_dataset_builder import Builder
@@ -74,6 +75,9 @@ def make_config(config_name: str, volume_shape: Optional[Sequence[int]] = None,
     if include_whole_body is not None and include_whole_body != cfg.include_whole_body:
         changes["include_whole_body"] = include_whole_body
         suffix.append("wb" if include_whole_body else "nowb")
+    if compress is not None and compress != cfg.compress:
+        changes["compress"] = compress
+        suffix.append("zlib" if compress else "raw")
     if not changes:
         return cfg
     return dataclasses.replace(cfg, name="_".join([cfg.kind, *suffix]), **changes)
@@ -86,8 +90,9 @@ def _dir_bytes(path: str) -> int:
 def build_dataset(manual_dir: str, data_dir: str, config_name: str = "regions", *, beam: bool = False,
                   beam_options: Union[None, str, dict] = None, workers: Optional[int] = None,
                   volume_shape: Optional[Sequence[int]] = None, slice_shape: Optional[Sequence[int]] = None,
-                  include_whole_body: Optional[bool] = None, salt: Optional[str] = None, seed: int = 0,
-                  progress: bool = True, overwrite: bool = False) -> BuildSummary:
+                  include_whole_body: Optional[bool] = None, compress: Optional[bool] = None,
+                  salt: Optional[str] = None, seed: int = 0, progress: bool = True,
+                  overwrite: bool = False) -> BuildSummary:
     """Build <data_dir>/vimed_pet/<config>/<version> from `manual_dir`; CohortError (one line) on a bad manual dir.
 
     An existing dataset is reused unless `overwrite`. The salt (default $JAXPETCT_SALT, else a fixed default) is
@@ -100,7 +105,7 @@ def build_dataset(manual_dir: str, data_dir: str, config_name: str = "regions", 
     manual_dir = os.path.abspath(os.fspath(manual_dir))
     if not os.path.isdir(manual_dir):
         raise CohortError(f"manual_dir {manual_dir} does not exist")
-    cfg = make_config(config_name, volume_shape, slice_shape, include_whole_body)
+    cfg = make_config(config_name, volume_shape, slice_shape, include_whole_body, compress)
     if not progress:
         tfds.disable_progress_bar()
     builder = Builder(data_dir=os.fspath(data_dir), config=cfg, salt=salt, beam=beam, progress=progress, seed=seed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import grain
 
@@ -101,24 +101,43 @@ def records_dataset(source, config: LoaderConfig, *, shard_index: Optional[int] 
     return ds[index::count]
 
 
+def _examples(source, task: str, tokenizer: Any, config: LoaderConfig, shard_index, shard_count) -> grain.MapDataset:
+    ds = records_dataset(source, config, shard_index=shard_index, shard_count=shard_count)
+    transform = ToModelInputs(task, tokenizer, config.image, config.augment, config.text, train=config.train)
+    return ds.random_map(transform, seed=config.seed)
+
+
+def _batched(ds: grain.MapDataset, tokenizer: Any, config: LoaderConfig) -> grain.IterDataset:
+    collate = Collate(tokenizer_for(tokenizer).pad_id, tuple(config.buckets), "right" if config.train else "left",
+                      config.batch_size, config.pad_batch)
+    it = ds.batch(config.batch_size, drop_remainder=config.drop_remainder, batch_fn=collate).to_iter_dataset()
+    if config.worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count,
+                                                         per_worker_buffer_size=config.worker_buffer_size))
+    return it
+
+
 def make_dataset(source, tokenizer: Any, config: LoaderConfig = LoaderConfig(), *, shard_index: Optional[int] = None,
                  shard_count: Optional[int] = None) -> grain.IterDataset:
     """The whole pipeline over `source`; iterate it (iter(ds)) for a checkpointable iterator of batches.
 
     `tokenizer` is a spec ("mistral-v1", an HF folder) loaded once per worker process, or a Tokenizer object.
     """
-    ds = records_dataset(source, config, shard_index=shard_index, shard_count=shard_count)
-    transform = ToModelInputs(config.task, tokenizer, config.image, config.augment, config.text, train=config.train)
-    ds = ds.random_map(transform, seed=config.seed)
-    pad_id = tokenizer_for(tokenizer).pad_id
-    collate = Collate(pad_id, tuple(config.buckets), "right" if config.train else "left", config.batch_size,
-                      config.pad_batch)
-    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder, batch_fn=collate)
-    it = ds.to_iter_dataset()
-    if config.worker_count > 0:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count,
-                                                         per_worker_buffer_size=config.worker_buffer_size))
-    return it
+    return _batched(_examples(source, config.task, tokenizer, config, shard_index, shard_count), tokenizer, config)
+
+
+def make_mixture(parts: Sequence[tuple], tokenizer: Any, config: LoaderConfig = LoaderConfig(), *,
+                 shard_index: Optional[int] = None, shard_count: Optional[int] = None) -> grain.IterDataset:
+    """Several (source, task, weight) streams interleaved in proportion before batching.
+
+    The paper's O+G+C: [(regions train, "report", w_o), (comparison train, "comparison", w_c)] with
+    `config.text.paraphrase_prob` > 0 for G. Every part is shuffled, repeated and sharded on its own (so the
+    proportions hold on every host); the mixture ends with its shortest part (set num_epochs=None to train).
+    """
+    if not parts:
+        raise ValueError("a mixture needs at least one (source, task, weight) part")
+    streams = [_examples(src, task, tokenizer, config, shard_index, shard_count) for src, task, _ in parts]
+    return _batched(grain.MapDataset.mix(streams, [float(w) for _, _, w in parts]), tokenizer, config)
 
 
 def make_loader(data_dir: str, config_name: str, split: str, tokenizer: Any, config: LoaderConfig = LoaderConfig(),

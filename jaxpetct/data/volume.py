@@ -50,11 +50,26 @@ def resize(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         i0, i1, w1 = _axis_weights(n_in, n_out)
         bshape = [1] * x.ndim
         bshape[lead + a] = n_out
-        w1 = w1.reshape(bshape)
         lo = np.take(x, i0, axis=lead + a)
         hi = np.take(x, i1, axis=lead + a)
-        x = lo + (hi - lo) * w1
+        hi -= lo  # in place: at paper size each temporary is half a gigabyte
+        hi *= w1.reshape(bshape)
+        lo += hi
+        x = lo
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def resize_jax(x, shape: Sequence[int]):
+    """The same resize as a pure, jittable JAX function (for resizing on device, inside a model's input path).
+
+    `jax.image.resize` with antialias=False is half-pixel-centred linear interpolation with edge renormalisation,
+    which equals torch's clamped align_corners=False sampling; antialias (JAX's default) would blur downsizing.
+    """
+    import jax
+
+    shape = tuple(int(s) for s in shape)
+    lead = tuple(x.shape[: x.ndim - len(shape)])
+    return jax.image.resize(x, lead + shape, method="linear", antialias=False)
 
 
 def crop_and_resize(data: np.ndarray, start: int, stop: int, shape: Sequence[int]) -> np.ndarray:

@@ -195,3 +195,11 @@ def test_global_batch_on_a_mesh(built):
         assert v.shape == b[k].shape and v.dtype == b[k].dtype
         np.testing.assert_array_equal(np.asarray(v), b[k])
         assert len(v.addressable_shards) == 8 and v.addressable_shards[0].data.shape[0] == 1
+
+
+def test_mixture_keeps_its_proportions_on_every_host(built):
+    parts = [(source(built, "regions"), "report", 3.0), (source(built, "comparison"), "comparison", 1.0)]
+    for index in range(2):
+        ds = pipeline.make_mixture(parts, "mistral-v1", cfg(batch_size=4, seed=2), shard_index=index, shard_count=2)
+        tasks = [t for b in take(iter(ds), 4) for t in b["meta"]["task"]]
+        assert tasks.count("report") == 12 and tasks.count("comparison") == 4

@@ -83,3 +83,14 @@ def test_rotation_augmentation_is_scipy_rotate_in_plane():
     ref = ndimage.rotate(volume.resize(rec["ct"].astype(np.float32), (8, 16, 16)), angle, axes=(-1, -2),
                          reshape=False, order=1, mode="nearest")
     np.testing.assert_allclose(out[0], volume.ct_window(ref), atol=1e-6)
+
+
+def test_jittable_resize_matches_torch():
+    import jax
+
+    x = np.random.default_rng(3).normal(size=(2, 9, 20, 14)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=(5, 32, 7), mode="trilinear",
+                                          align_corners=False)[0].numpy()
+    out = jax.jit(lambda v: volume.resize_jax(v, (5, 32, 7)))(x)
+    assert out.shape == (2, 5, 32, 7)
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
