@@ -1,0 +1,147 @@
+"""The Grain input pipeline: records on disk -> per-host batches, deterministic and resumable.
+
+    data source (TFDS ArrayRecord, no TensorFlow) -> grain.MapDataset -> seeded global shuffle -> repeat
+    -> this host's shard (every process_count-th element) -> ToModelInputs (decode, augment, tokenize)
+    -> batch with length-bucket padding -> IterDataset -> multi-process prefetch
+
+Shuffling happens before sharding, with the same seed on every host, so the hosts split one global order: within
+each epoch their shards are disjoint and together complete, and every host sees a fresh mixture each epoch.
+Everything up to the batch is index-addressable (MapDataset), so the iterator's state is a position: Grain's
+get_state/set_state (and grain.checkpoint's Orbax handler, used by train/checkpoint.py) make a resumed run see
+exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional, Sequence
+
+import grain
+
+from jaxpetct.data.batching import DEFAULT_BUCKETS, Collate
+from jaxpetct.data.inputs import AugmentConfig, ImageConfig, TextConfig, ToModelInputs, tokenizer_for
+
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    task: str = "report"  # report | vqa | comparison | clip (encoder pre-training)
+    train: bool = True  # False: prompt-only encoding, canonical instructions, no augmentation (evaluation)
+    batch_size: int = 2  # per host
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: Optional[int] = None  # None repeats forever
+    drop_remainder: bool = True
+    pad_batch: bool = False  # fill a short last batch with empty rows (meta valid False) instead of dropping it
+    buckets: tuple = DEFAULT_BUCKETS
+    image: ImageConfig = ImageConfig()
+    augment: AugmentConfig = AugmentConfig()
+    text: TextConfig = TextConfig()
+    worker_count: int = 0  # Grain worker processes (0: in-process, as in tests)
+    worker_buffer_size: int = 2
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.text.max_length > max(self.buckets):
+            raise ValueError(f"text.max_length {self.text.max_length} exceeds the largest bucket {max(self.buckets)}")
+
+
+def eval_config(**kw) -> LoaderConfig:
+    """One pass in order, prompts left-padded, the last batch padded (not dropped)."""
+    base = dict(train=False, shuffle=False, num_epochs=1, drop_remainder=False, pad_batch=True)
+    base.update(kw)
+    return LoaderConfig(**base)
+
+
+def dataset_dir(data_dir: str, config: str, version: Optional[str] = None) -> str:
+    """<data_dir>/vimed_pet/<config>/<version> (the newest version when not given)."""
+    base = os.path.join(os.fspath(data_dir), "vimed_pet", config)
+    if version is None:
+        try:
+            versions = sorted((v for v in os.listdir(base) if v[:1].isdigit() and "incomplete" not in v),
+                              key=lambda v: tuple(int(p) for p in v.split(".")))
+        except OSError:
+            versions = []
+        if not versions:
+            raise FileNotFoundError(f"no built dataset vimed_pet/{config} under {data_dir}")
+        version = versions[-1]
+    return os.path.join(base, version)
+
+
+def open_source(path: str, split: str):
+    """A random-access source over one split of a built dataset directory (TFDS data source; no TensorFlow)."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(os.fspath(path))
+    if split not in builder.info.splits:
+        raise KeyError(f"split {split!r} not in {os.fspath(path)} (has {sorted(builder.info.splits)})")
+    return builder.as_data_source(split)
+
+
+def shard_of(shard_index: Optional[int], shard_count: Optional[int]) -> tuple[int, int]:
+    """This host's (index, count): explicit, or jax.process_index()/process_count()."""
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard index {shard_index} not in [0, {shard_count})")
+    return shard_index, shard_count
+
+
+def records_dataset(source, config: LoaderConfig, *, shard_index: Optional[int] = None,
+                    shard_count: Optional[int] = None) -> grain.MapDataset:
+    """Shuffled, repeated and sharded records (no decoding yet): the part the sharding tests inspect."""
+    index, count = shard_of(shard_index, shard_count)
+    ds = grain.MapDataset.source(source)
+    if config.shuffle:
+        ds = ds.shuffle(seed=config.seed)
+    ds = ds.repeat(config.num_epochs)
+    return ds[index::count]
+
+
+def _examples(source, task: str, tokenizer: Any, config: LoaderConfig, shard_index, shard_count) -> grain.MapDataset:
+    ds = records_dataset(source, config, shard_index=shard_index, shard_count=shard_count)
+    transform = ToModelInputs(task, tokenizer, config.image, config.augment, config.text, train=config.train)
+    return ds.random_map(transform, seed=config.seed)
+
+
+def _batched(ds: grain.MapDataset, tokenizer: Any, config: LoaderConfig) -> grain.IterDataset:
+    collate = Collate(tokenizer_for(tokenizer).pad_id, tuple(config.buckets), "right" if config.train else "left",
+                      config.batch_size, config.pad_batch)
+    it = ds.batch(config.batch_size, drop_remainder=config.drop_remainder, batch_fn=collate).to_iter_dataset()
+    if config.worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count,
+                                                         per_worker_buffer_size=config.worker_buffer_size))
+    return it
+
+
+def make_dataset(source, tokenizer: Any, config: LoaderConfig = LoaderConfig(), *, shard_index: Optional[int] = None,
+                 shard_count: Optional[int] = None) -> grain.IterDataset:
+    """The whole pipeline over `source`; iterate it (iter(ds)) for a checkpointable iterator of batches.
+
+    `tokenizer` is a spec ("mistral-v1", an HF folder) loaded once per worker process, or a Tokenizer object.
+    """
+    return _batched(_examples(source, config.task, tokenizer, config, shard_index, shard_count), tokenizer, config)
+
+
+def make_mixture(parts: Sequence[tuple], tokenizer: Any, config: LoaderConfig = LoaderConfig(), *,
+                 shard_index: Optional[int] = None, shard_count: Optional[int] = None) -> grain.IterDataset:
+    """Several (source, task, weight) streams interleaved in proportion before batching.
+
+    The paper's O+G+C: [(regions train, "report", w_o), (comparison train, "comparison", w_c)] with
+    `config.text.paraphrase_prob` > 0 for G. Every part is shuffled, repeated and sharded on its own (so the
+    proportions hold on every host); the mixture ends with its shortest part (set num_epochs=None to train).
+    """
+    if not parts:
+        raise ValueError("a mixture needs at least one (source, task, weight) part")
+    streams = [_examples(src, task, tokenizer, config, shard_index, shard_count) for src, task, _ in parts]
+    return _batched(grain.MapDataset.mix(streams, [float(w) for _, _, w in parts]), tokenizer, config)
+
+
+def make_loader(data_dir: str, config_name: str, split: str, tokenizer: Any, config: LoaderConfig = LoaderConfig(),
+                **shard) -> grain.IterDataset:
+    """make_dataset over <data_dir>/vimed_pet/<config_name>: e.g. ("regions", "train") for report generation,
+    ("vqa", ...) for VQA, ("comparison", ...) for the C augmentation, ("study"/"regions", ...) with task "clip"."""
+    return make_dataset(open_source(dataset_dir(data_dir, config_name), split), tokenizer, config, **shard)

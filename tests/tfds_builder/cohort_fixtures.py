@@ -1,0 +1,49 @@
+"""A small synthetic cohort and its built datasets, shared by tests/tfds_builder and tests/data.
+
+Eight studies (seed 3: train 4, validation 2, test 2, one expert-annotated) on grids small enough that every config
+builds in seconds: volumes 16x32x32 (8x32x32 per comparison side), slices at the cohort's native 64x64 in-plane CT
+grid, so CT slices are stored without resampling and must come back exactly.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+from jaxpetct.studies import synthetic
+
+N, SEED, SALT = 8, 3, "tests-salt"
+VOLUME, SIDE, SLICE = (16, 32, 32), (8, 32, 32), (64, 64)
+KINDS = ("regions", "study", "slices", "vqa", "comparison")
+
+
+def write_cohort(root: str, n: int = N, seed: int = SEED):
+    return synthetic.write_cohort(root, n, seed)
+
+
+def shape_kwargs(kind: str) -> dict:
+    if kind == "slices":
+        return {"slice_shape": SLICE}
+    return {"volume_shape": SIDE if kind == "comparison" else VOLUME}
+
+
+def build(manual: str, data_dir: str, kind: str, **kw):
+    from jaxpetct.data.build import build_dataset
+
+    return build_dataset(manual, data_dir, kind, salt=SALT, progress=False, **shape_kwargs(kind), **kw)
+
+
+def corrupt_copy(src: str, dst: str) -> dict:
+    """A copy of the cohort with one truncated CT volume and one manifest row naming a missing PET file.
+
+    Returns {"truncated": release key, "missing": release key} of the two damaged studies.
+    """
+    shutil.copytree(src, dst)
+    with open(os.path.join(dst, "metadata.csv"), encoding="utf-8") as f:
+        header, *rows = [line for line in f.read().splitlines() if line]
+    first, second = rows[0].split(","), rows[1].split(",")
+    ct_path = os.path.join(dst, first[6])
+    with open(ct_path, "r+b") as f:
+        f.truncate(os.path.getsize(ct_path) // 2)
+    os.remove(os.path.join(dst, second[5]))
+    key = lambda r: r[6].replace("/CT/", "/").removesuffix(".npz")  # noqa: E731
+    return {"truncated": key(first), "missing": key(second)}

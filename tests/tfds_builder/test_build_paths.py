@@ -1,0 +1,158 @@
+"""Build paths and bad input: quarantine, Beam == plain, an interrupted build leaves nothing, one-line errors,
+and a build + load in a fresh interpreter of an environment without TensorFlow."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxpetct.data.pipeline import dataset_dir
+from jaxpetct.studies import deid
+from tests.tfds_builder import cohort_fixtures as cf
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+    return env
+
+
+def record_set(path: str, split: str) -> set:
+    """The split's records as canonical bytes (proto map order is not canonical across processes)."""
+    from array_record.python.array_record_module import ArrayRecordReader
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    out = set()
+    for f in sorted(glob.glob(os.path.join(path, f"vimed_pet-{split}.array_record-*"))):
+        reader = ArrayRecordReader(f)
+        out |= {tf_example_pb2.Example.FromString(r).SerializeToString(deterministic=True) for r in reader.read_all()}
+        reader.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def corrupted(cohort, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("corrupt") / "manual")
+    damaged = cf.corrupt_copy(cohort.root, root)
+    return root, damaged
+
+
+def test_quarantine_lists_bad_studies_and_the_rest_builds(corrupted, built, tmp_path):
+    root, damaged = corrupted
+    summary = cf.build(root, str(tmp_path), "regions")
+    bad = {deid.pseudonymize(k, cf.SALT): k for k in damaged.values()}
+    assert {q["study"] for q in summary.quarantined} == set(bad)
+    by_study = {q["study"]: q for q in summary.quarantined}
+    truncated = by_study[deid.pseudonymize(damaged["truncated"], cf.SALT)]
+    assert "/CT/" in truncated["file"] and "NPZ" in truncated["reason"]
+    missing = by_study[deid.pseudonymize(damaged["missing"], cf.SALT)]
+    assert "/PET/" in missing["file"] and "missing" in missing["reason"]
+    lost = {}
+    for q in summary.quarantined:
+        lost[q["split"]] = lost.get(q["split"], 0) + 3
+    clean = built["regions"].examples
+    assert summary.examples == {s: n - lost.get(s, 0) for s, n in clean.items() if n - lost.get(s, 0) > 0}
+    with open(os.path.join(summary.dataset_dir, "quarantine.jsonl"), encoding="utf-8") as f:
+        assert len(f.read().splitlines()) == len(summary.quarantined)
+
+
+def test_beam_path_builds_the_same_records_as_the_plain_path(corrupted, tmp_path):
+    """DirectRunner, two worker processes; the corrupted cohort makes the quarantine part of the comparison."""
+    root, _ = corrupted
+    plain = cf.build(root, str(tmp_path / "plain"), "regions")
+    beam = cf.build(root, str(tmp_path / "beam"), "regions", beam=True,
+                    beam_options="runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing")
+    assert (plain.path, beam.path) == ("plain", "beam")
+    assert plain.examples == beam.examples
+    for split in plain.examples:
+        a, b = record_set(plain.dataset_dir, split), record_set(beam.dataset_dir, split)
+        assert len(a) == plain.examples[split] and a == b, split
+    assert plain.quarantined == beam.quarantined and len(plain.quarantined) == 2
+    assert not glob.glob(os.path.join(beam.dataset_dir, "quarantine-part-*"))
+
+
+KILL_SCRIPT = """
+import sys, time
+from jaxpetct.data import examples
+real = examples.process
+def slow(item, options):
+    time.sleep(0.3)  # keep the build busy long enough to be killed mid-way
+    yield from real(item, options)
+examples.process = slow
+import jaxpetct.data.generate as g
+g.process = slow
+from tests.tfds_builder import cohort_fixtures as cf
+cf.build(sys.argv[1], sys.argv[2], "slices")
+"""
+
+
+def test_killed_build_leaves_no_dataset_visible(cohort, tmp_path):
+    data = str(tmp_path / "data")
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, cohort.root, data], env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        pattern = os.path.join(data, "vimed_pet", "*", "*incomplete*", "*.array_record*")
+        while time.time() < deadline and not glob.glob(pattern):
+            assert proc.poll() is None, "the build ended before it could be interrupted"
+            time.sleep(0.05)
+        assert glob.glob(pattern), "no partial records appeared"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    config_dir = glob.glob(os.path.join(data, "vimed_pet", "slices*"))[0]
+    assert [d for d in os.listdir(config_dir) if "incomplete" in d]  # what was written stays hidden ...
+    assert not any(d[:1].isdigit() and "incomplete" not in d for d in os.listdir(config_dir))  # ... no version dir
+    with pytest.raises(FileNotFoundError):
+        dataset_dir(data, os.path.basename(config_dir))
+    summary = cf.build(cohort.root, data, "slices")  # a later build is not confused by the leftovers
+    assert sum(summary.examples.values()) > 0 and not summary.reused
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "jaxpetct.data", "build", *args], env=_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_bad_manual_dir_gives_one_clear_line(cohort, tmp_path):
+    out = _cli("--manual-dir", str(tmp_path / "nowhere"), "--data-dir", str(tmp_path / "d"), "--no-progress")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: manual_dir {tmp_path / 'nowhere'} does not exist"]
+    import shutil
+
+    root = tmp_path / "no_manifest"
+    shutil.copytree(cohort.root, root)
+    os.remove(root / "metadata.csv")
+    out = _cli("--manual-dir", str(root), "--data-dir", str(tmp_path / "d"), "--no-progress")
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(lines) == 1 and "metadata.csv is missing" in lines[0]
+    assert not os.path.exists(tmp_path / "d" / "vimed_pet" / "regions" / "1.0.0")
+
+
+NO_TF_SCRIPT = """
+import importlib.util, sys
+assert importlib.util.find_spec("tensorflow") is None
+from tests.tfds_builder import cohort_fixtures as cf
+from jaxpetct.data import pipeline
+s = cf.build(sys.argv[1], sys.argv[2], "regions")
+cfg = pipeline.LoaderConfig(batch_size=2, buckets=(512,), text=pipeline.TextConfig(max_length=512))
+batch = next(iter(pipeline.make_loader(sys.argv[2], s.config, "train", "mistral-v1", cfg, shard_index=0, shard_count=1)))
+assert "tensorflow" not in sys.modules
+print(s.examples["train"], batch["images"].shape, batch["input_ids"].shape)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="needs an environment without TensorFlow")
+def test_build_and_load_in_a_fresh_interpreter_without_tensorflow(cohort, tmp_path):
+    out = subprocess.run([sys.executable, "-c", NO_TF_SCRIPT, cohort.root, str(tmp_path)], env=_env(), cwd=REPO,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n = out.stdout.strip().splitlines()[-1].split(" ", 1)[0]
+    assert int(n) == 3 * cohort.split_counts["train"]
+    assert "(2, 2, 32, 64, 64) (2, 512)" in out.stdout  # resized to the default encoder grid
