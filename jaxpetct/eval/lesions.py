@@ -7,7 +7,7 @@ reports and checked against an LLM's extraction and the expert files), one sente
 What is not a lesion (the LLM extraction is inconsistent here; we decide once):
   - physiological uptake: any sentence with "sinh lý" ("bắt xạ theo đặc điểm sinh lý"), brown fat ("mỡ nâu"),
     diffuse fatty liver ("nhiễm mỡ");
-  - negations: text from "không/chưa phát hiện", "không/chưa thấy", "không còn thấy" on is dropped
+  - negations: text from "không/chưa phát hiện", "không/chưa thấy", "chưa ghi nhận", "không còn thấy" on is dropped
     ("Chưa phát hiện hình ảnh tăng chuyển hoá FDG ..." gives nothing; "Tuyến giáp ..., không thấy ..." keeps
     only the part before the cue);
   - recommendations ("Cần đối chiếu ...", "Đối chiếu ...", "Nên/Cần lưu ý theo dõi");
@@ -53,7 +53,7 @@ from jaxpetct.text.vietnamese import fold_accents, normalize_tone_placement, spl
 
 _SKIP_SENTENCE = re.compile(r"sinh lý|mỡ nâu|(?<!thâm )nhiễm mỡ")
 _RECOMMENDATION = re.compile(r"^(?:cần|nên|đối chiếu|đề nghị|theo dõi)\b")
-_NEGATION = re.compile(r"(?:không|chưa)\s+(?:còn\s+)?(?:phát hiện|thấy)")
+_NEGATION = re.compile(r"(?:không|chưa)\s+(?:còn\s+)?(?:phát hiện|thấy|ghi nhận|có hình ảnh)")
 _LEADING = re.compile(r"^(?:hình ảnh|hình)\s+")
 _SUMMARY_LOCATION = re.compile(r"^(?:ở\s+)?(?:tại\s+)?(?:nhiều|các)\s+vị trí")
 _FOLLOW_UP = re.compile(r"^(hạch|nốt|khối|nang)\s+lớn nhất")
