@@ -77,6 +77,11 @@ def batch_sharding(mesh, batch: dict) -> dict:
     return {k: named_sharding(("batch",) + (None,) * (np.ndim(v) - 1), np.shape(v), mesh) for k, v in batch.items()}
 
 
+def model_arrays(batch: dict) -> dict:
+    """The numeric arrays of a loader batch; host-side metadata (ids, references) never enters the step."""
+    return {k: v for k, v in batch.items() if k != "meta" and np.asarray(v).dtype.kind in "biuf"}
+
+
 def to_global(batch: dict, shardings: dict) -> dict:
     """Per-host numpy batch -> global jax.Arrays laid out by `shardings` (multi-host safe)."""
     return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
@@ -134,7 +139,7 @@ def run_stage(
 
     writer = MetricWriter(workdir, stage=spec.name)
     step_fn = make_train_step(graphdef, task, tx, accum_steps=spec.grad_accum_steps)
-    compiled = None
+    compiled: dict = {}
     n_params = sum(x.size for x in jax.tree.leaves(params))
     log.info("stage %s: %d trainable parameters in groups %s", spec.name, n_params, sorted(set(jax.tree.leaves(group_of))))
     bar = tqdm(total=spec.steps, initial=start, desc=spec.name, disable=not progress or jax.process_index() != 0,
@@ -146,16 +151,17 @@ def run_stage(
     end = spec.steps if stop_after is None else min(spec.steps, stop_after)
     try:
         while step < end:
-            host_batch = next(train_iter)
+            host_batch = model_arrays(next(train_iter))
             b_sh = batch_sharding(mesh, host_batch)
             batch = to_global(host_batch, b_sh)
-            if compiled is None:
+            signature = tuple(sorted((k, v.shape) for k, v in host_batch.items()))
+            if signature not in compiled:  # one executable per length bucket
                 with jax.set_mesh(mesh):
                     jitted = jax.jit(step_fn, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, None),
                                      donate_argnums=(0,))
-                    compiled = jitted.lower(state, batch).compile()
-                flops = perf.compiled_flops(compiled)
-            state, metrics = compiled(state, batch)
+                    compiled[signature] = jitted.lower(state, batch).compile()
+                flops = perf.compiled_flops(compiled[signature])
+            state, metrics = compiled[signature](state, batch)
             window_tokens += int(np.asarray(host_batch["attention_mask"]).sum()) if "attention_mask" in host_batch else 0
             window_steps += 1
             metrics = jax.device_get(metrics)
