@@ -33,7 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxpetct.parallel.rules import shard
+
 Array = jax.Array
+GRID_ACT = ("batch", None, None, None, "act_embed")  # (B, T, h, w, d) activations: batch-parallel, features whole
 
 
 def _axes(*names: str | None) -> dict[str, Any]:
@@ -280,12 +283,12 @@ class CTViT(nnx.Module):
     def __call__(self, volume: Array) -> Array:
         cfg = self.cfg
         x = self.patchify(volume.astype(cfg.dtype))
-        x = self.patch_norm_out(self.patch_proj(self.patch_norm_in(x)))
+        x = shard(self.patch_norm_out(self.patch_proj(self.patch_norm_in(x))), GRID_ACT)
         _, h, w = cfg.grid
         run = nnx.remat(_run_block) if cfg.remat else _run_block
         spatial_bias = self.spatial_position_bias(h, w)
         for block in self.spatial_blocks:
-            x = run(block, x, spatial_bias)
+            x = shard(run(block, x, spatial_bias), GRID_ACT)
         x = self.spatial_norm(x)
         temporal_bias = None
         if cfg.temporal_causal:  # ALiBi gives the causal stack a recency prior, as in Phenaki/CT-CLIP's causal mode
@@ -293,5 +296,5 @@ class CTViT(nnx.Module):
             pos = np.arange(t)
             temporal_bias = jnp.asarray(-np.abs(pos[None, :] - pos[:, None])[None] * alibi_slopes(cfg.heads)[:, None, None])
         for block in self.temporal_blocks:
-            x = run(block, x, temporal_bias)
+            x = shard(run(block, x, temporal_bias), GRID_ACT)
         return self.temporal_norm(x)

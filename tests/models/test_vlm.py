@@ -182,3 +182,30 @@ def test_batch_contract_errors_name_the_problem():
     with pytest.raises(ValueError, match="hidden size"):
         enc = CTViT(CTViTConfig.tiny(), rngs=nnx.Rngs(0))
         VLM(enc, Projector(ProjectorConfig.for_encoder(enc.cfg, 32), rngs=nnx.Rngs(0)), model.decoder)
+
+
+# Logical names the vision side introduces, with the mapping proposed for jaxpetct.parallel.rules.LOGICAL_RULES
+# (added here only while the shared table lacks them).
+PROPOSED_VISION_RULES = (("vis_patch", None), ("vis_embed", "fsdp"), ("vis_mlp", "tensor"), ("vis_heads", "tensor"),
+                         ("vis_proj", ("fsdp", "tensor")))
+
+
+def test_sharded_forward_on_8_devices_equals_single_device():
+    from jaxpetct.parallel.mesh import MeshConfig, make_mesh
+    from jaxpetct.parallel.rules import LOGICAL_RULES, init_sharded
+
+    known = dict(LOGICAL_RULES)
+    rules = LOGICAL_RULES + tuple(r for r in PROPOSED_VISION_RULES if r[0] not in known)
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    batch = _batch(CTViTConfig.tiny())
+    batch = {k: np.concatenate([v, v[::-1]]) for k, v in batch.items()}  # 4 rows: divisible by data x fsdp
+    single = _logits(_vlm(prefix_lm=True), batch)
+    model = init_sharded(lambda: _vlm(prefix_lm=True), mesh, rules)
+    kernel = model.encoder.spatial_blocks[0].ff.proj_in.kernel[...]  # ('vis_embed', 'vis_mlp')
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2)
+    proj = model.projector.fc1.kernel[...]  # ('vis_proj', 'embed') -> rows over fsdp x tensor
+    assert proj.addressable_shards[0].data.shape == (proj.shape[0] // 4, proj.shape[1])
+    with jax.set_mesh(mesh):
+        sharded = _logits(model, batch)
+    np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=1e-5)
