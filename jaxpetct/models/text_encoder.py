@@ -55,14 +55,22 @@ class RobertaConfig:
     pad_token_id: int = 1
     hidden_act: str = "gelu"
     add_pooling_layer: bool = True
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    dtype: Any = "float32"  # compute dtype; a name or a JAX dtype
+    param_dtype: Any = "float32"
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; known: {sorted(_ACTIVATIONS)}")
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
 
     @classmethod
     def phobert_base(cls, **overrides) -> "RobertaConfig":
@@ -83,7 +91,7 @@ class RobertaConfig:
         if pos_type != "absolute":
             raise ValueError(f"position_embedding_type={pos_type!r} is not supported (only 'absolute', as in RoBERTa)")
         if hf.get("is_decoder") or hf.get("add_cross_attention"):
-            raise ValueError("decoder/cross-attention RoBERTa configs are not supported: this is a bidirectional encoder")
+            raise ValueError("decoder/cross-attention RoBERTa configs are not supported (this is an encoder)")
         return cls(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
                    num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
                    max_position_embeddings=hf["max_position_embeddings"], type_vocab_size=hf.get("type_vocab_size", 2),
@@ -98,18 +106,19 @@ def roberta_position_ids(input_ids: Array, pad_token_id: int) -> Array:
 
 
 def _linear(din: int, dout: int, axes: tuple[str, str], cfg: RobertaConfig, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(din, dout, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs,
+    return nnx.Linear(din, dout, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs,
                       kernel_init=nnx.initializers.normal(0.02), kernel_metadata=_axes(*axes),
                       bias_metadata=_axes(axes[1]))
 
 
 def _layernorm(cfg: RobertaConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+                         param_dtype=cfg.weight_dtype,
                          rngs=rngs, scale_metadata=_axes("norm"), bias_metadata=_axes("norm"))
 
 
 def _embed(n: int, axes: tuple[str | None, str], cfg: RobertaConfig, rngs: nnx.Rngs) -> nnx.Embed:
-    return nnx.Embed(n, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs,
+    return nnx.Embed(n, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs,
                      embedding_init=nnx.initializers.normal(0.02), embedding_metadata=_axes(*axes))
 
 
@@ -200,7 +209,7 @@ def hf_name(path: tuple) -> tuple[str, bool]:
 
 
 def load_roberta(directory: str | os.PathLike, *, add_pooling_layer: bool = True, mesh=None, rules=LOGICAL_RULES,
-                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> RobertaEncoder:
+                 dtype: Any = "float32", param_dtype: Any = "float32") -> RobertaEncoder:
     """A RobertaEncoder with the weights of an HF directory (config.json + safetensors, single or sharded index).
 
     One tensor is on the host at a time and lands directly in its shards on ``mesh`` (default: one device) under the

@@ -13,7 +13,7 @@ def _volume(cfg, batch=2, seed=0):
 
 
 def test_paper_config_shapes_without_allocating():
-    cfg = CTViTConfig.paper(channels=2)
+    cfg = CTViTConfig.paper(channels=2, dtype="bfloat16")
     assert cfg.grid == (14, 24, 24) and cfg.patch_features == 2 * 10 * 20 * 20
 
     def build_and_run(volume):
@@ -21,6 +21,7 @@ def test_paper_config_shapes_without_allocating():
 
     out = jax.eval_shape(build_and_run, jax.ShapeDtypeStruct((2, 2, 140, 480, 480), jnp.float32))
     assert out.shape == (2, 14, 24, 24, 512)  # 14 visual tokens, each a 24 x 24 x 512 grid
+    assert out.dtype == jnp.bfloat16
     model = nnx.eval_shape(lambda: CTViT(cfg, rngs=nnx.Rngs(0)))
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert 24e6 < n_params < 27e6, n_params
@@ -28,6 +29,7 @@ def test_paper_config_shapes_without_allocating():
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         names = var.get_metadata().get("out_sharding")
         assert names is not None and len(names) == len(var.shape), (path, names, var.shape)
+        assert var.dtype == jnp.float32  # weights stay float32 under bf16 compute
 
 
 def test_patchify_layout_matches_direct_indexing():

@@ -209,3 +209,30 @@ def test_sharded_forward_on_8_devices_equals_single_device():
     with jax.set_mesh(mesh):
         sharded = _logits(model, batch)
     np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=1e-5)
+
+
+def test_greedy_generation_from_prompt_embeds_matches_the_training_forward():
+    """prompt_embeds -> KV-cache prefill/decode (eval.generate) agrees with the teacher-forced VLM forward, with the
+    documented prefix-LM rule (whole prompt bidirectional at prefill, prefix_mask = the prompt in training)."""
+    from jaxpetct.eval.generate import generate
+
+    model = _vlm(prefix_lm=True)
+    batch = _batch(model.encoder.cfg)
+    prompt_len, new = 8, 4  # row 0: 8 real prompt tokens; row 1: 3 pads + 5 real
+    prompt = {k: v[:, :prompt_len] for k, v in batch.items()}
+    embeds = nnx.jit(lambda m, b: m.prompt_embeds(b["images"], b["input_ids"], b["image_mask"]))(
+        model, dict(prompt, images=batch["images"]))
+    out = generate(model.decoder, inputs_embeds=embeds, attention_mask=jnp.asarray(prompt["attention_mask"]),
+                   bidirectional_mask=jnp.asarray(prompt["attention_mask"]), max_new_tokens=new)
+    tokens = np.asarray(out.tokens)
+    full_ids = np.concatenate([prompt["input_ids"], tokens], axis=1)
+    attention = np.concatenate([prompt["attention_mask"], np.ones((2, new), bool)], axis=1)
+    full = dict(images=batch["images"], input_ids=full_ids, attention_mask=attention,
+                positions=np.maximum(np.cumsum(attention, axis=1) - 1, 0).astype(np.int32),
+                image_mask=np.concatenate([prompt["image_mask"], np.zeros((2, new), bool)], axis=1),
+                prefix_mask=np.concatenate([prompt["attention_mask"], np.zeros((2, new), bool)], axis=1))
+    logits = nnx.jit(lambda m, b: m(b["images"], b["input_ids"], positions=b["positions"],
+                                    attention_mask=b["attention_mask"], image_mask=b["image_mask"],
+                                    prefix_mask=b["prefix_mask"]))(model, full)
+    forced = np.asarray(jnp.argmax(logits[:, prompt_len - 1:-1], axis=-1))
+    np.testing.assert_array_equal(forced, tokens)
