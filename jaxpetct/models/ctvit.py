@@ -11,14 +11,14 @@ Faithful to CT-CLIP's CTViT encoder path (same parameter set, so its weights map
     l2-normalised q/k with learned per-dim scales, logit scale 8) + GEGLU feed-forward; bias-free LayerNorm at the end
     of each stack;
   * spatial attention gets a continuous position bias (an MLP of signed-log relative offsets, SwinV2).
-Deliberate differences, all documented where they live:
+An option and deliberate differences:
   * ``temporal_causal`` (flag): CT-CLIP's temporal *attention* is bidirectional (only its PEG is causal); Phenaki's is
     causal with an ALiBi bias. Off reproduces CT-CLIP; on makes the whole encoder causal along the slab axis
     (a later slab never changes an earlier slab's tokens), which is what a streaming/partial-volume use needs.
   * CT-CLIP applies the temporal-stack PEG to a (b h w) t d tensor reshaped as if it were (b t h w d), i.e. on a
     scrambled grid; we apply it on the true (t, h, w) grid.
   * the spatial position bias MLP runs on the (2h-1)(2w-1) distinct offsets and is gathered to (h w)^2 pairs,
-    identical values at 1/250th of the memory of evaluating it on every pair at 24 x 24.
+    identical values at ~1/150th of the work of evaluating it on all 576^2 pairs at 24 x 24.
   * the VQ codebook and decoder are not part of the encoder and are not built.
 Dropout is 0 in CT-CLIP's configuration and is not built either.
 """
@@ -46,7 +46,7 @@ def _axes(*names: str | None) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class CTViTConfig:
-    """Shape and options of the encoder; ``input_shape`` is fixed because the position bias and PEG are grid-sized."""
+    """Shape and options of the encoder. The input shape is fixed: the projector consumes a fixed h x w x dim grid."""
 
     channels: int = 1  # 1 = PET or CT, 2 = PET and CT stacked as channels
     depth: int = 140  # slices (the "temporal" axis of the video ViT)
