@@ -154,7 +154,7 @@ def test_forward_matches_a_torch_restatement_of_ct_clip():
     (t, h, w) = cfg.grid
     x = torch.from_numpy(vol).reshape(1, 2, t, pt, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(1, t, h, w, -1)
     x = ln(lin(ln(x, model.patch_norm_in), model.patch_proj), model.patch_norm_out)
-    spatial_bias = torch.from_numpy(np.asarray(model.spatial_position_bias(h, w)))
+    spatial_bias = torch.from_numpy(np.array(model.spatial_position_bias(h, w)))
     temporal_bias = torch.from_numpy(np.asarray(alibi_bias(t, cfg.heads), np.float32))
     with torch.no_grad():
         for blk in model.spatial_blocks:
