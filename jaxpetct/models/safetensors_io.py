@@ -105,7 +105,6 @@ def place(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-@jax.jit
 def _set_layer(buffer: jax.Array, piece: jax.Array, i: jax.Array) -> jax.Array:
     return jax.lax.dynamic_update_index_in_dim(buffer, piece.astype(buffer.dtype), i, axis=0)
 

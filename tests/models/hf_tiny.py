@@ -65,3 +65,22 @@ def padded_batch(batch: int = 3, length: int = 20, seed: int = 0):
     ids[~mask] = SMALL["pad_token_id"]
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
     return ids, mask, positions
+
+
+def _forward(model, ids, positions, mask):
+    return model(ids, positions=positions, attention_mask=mask)[0]
+
+
+_jitted_forward = None
+
+
+def forward(model, ids, mask, positions) -> np.ndarray:
+    """Our logits, through one jitted function shared by all tests (models of one config compile once)."""
+    global _jitted_forward
+    if _jitted_forward is None:
+        from flax import nnx
+
+        _jitted_forward = nnx.jit(_forward)
+    import jax.numpy as jnp
+
+    return np.asarray(_jitted_forward(model, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask)))

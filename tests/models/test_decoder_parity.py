@@ -7,7 +7,7 @@ from flax import nnx
 
 from jaxpetct.models.hf_io import load_decoder
 from jaxpetct.models.kvcache import init_cache
-from tests.models.hf_tiny import VARIANTS, hf_logits, padded_batch, save_hf
+from tests.models.hf_tiny import VARIANTS, forward, hf_logits, padded_batch, save_hf
 
 TOL = 1e-4
 
@@ -27,24 +27,23 @@ def test_logits_match_transformers_on_padded_batch(checkpoints, variant):
     ids, mask, positions = padded_batch()
     ref = hf_logits(hf, ids, mask, positions)
     model = load_decoder(directory)
-    ours, cache = model(jnp.asarray(ids), positions=jnp.asarray(positions), attention_mask=jnp.asarray(mask))
-    assert cache is None and ours.dtype == jnp.float32 and ours.shape == ref.shape
-    err = np.abs(np.asarray(ours) - ref)[mask].max()
+    ours = forward(model, ids, mask, positions)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    err = np.abs(ours - ref)[mask].max()
     assert err <= TOL, f"{variant}: max |dlogits| {err:.2e}"
-    # Padding rows must not change real rows: row 0 (no padding) alone gives the same logits.
-    alone, _ = model(jnp.asarray(ids[:1]))
-    assert np.abs(np.asarray(alone) - ref[:1]).max() <= TOL
+    # Padding rows must not change real rows: row 0 (no padding) alone, without mask or positions, is the same.
+    alone, cache = model(jnp.asarray(ids[:1]))
+    assert cache is None and np.abs(np.asarray(alone) - ref[:1]).max() <= TOL
 
 
 def test_sliding_window_and_llama3_scaling_are_really_active(checkpoints):
     """The parity above would be vacuous if the window or the RoPE rescaling never changed anything."""
     ids, mask, positions = padded_batch(length=20)
-    args = dict(positions=jnp.asarray(positions), attention_mask=jnp.asarray(mask))
     for variant, override in (("mistral_window", dict(sliding_window=None)), ("llama3_rope", dict(rope_scaling=None))):
         directory, _ = checkpoints[variant]
-        on, _ = load_decoder(directory)(jnp.asarray(ids), **args)
-        off, _ = load_decoder(directory, **override)(jnp.asarray(ids), **args)
-        assert np.abs(np.asarray(on) - np.asarray(off))[mask].max() > 1e-2, variant
+        on = forward(load_decoder(directory), ids, mask, positions)
+        off = forward(load_decoder(directory, **override), ids, mask, positions)
+        assert np.abs(on - off)[mask].max() > 1e-2, variant
 
 
 @pytest.mark.parametrize("variant", ["mistral_window", "qwen2_tied"])
@@ -52,7 +51,7 @@ def test_kv_cache_decode_equals_full_sequence_at_every_position(checkpoints, var
     directory, _ = checkpoints[variant]
     model = load_decoder(directory)
     ids, mask, positions = padded_batch(length=16)
-    full, _ = model(jnp.asarray(ids), positions=jnp.asarray(positions), attention_mask=jnp.asarray(mask))
+    full = forward(model, ids, mask, positions)
 
     @jax.jit
     def step(state, tok, pos, valid, cache):
@@ -74,6 +73,7 @@ def test_kv_cache_decode_equals_full_sequence_at_every_position(checkpoints, var
 
 
 def test_scan_layers_and_remat_give_the_same_logits_and_grads(checkpoints):
+    """Python loop vs nnx.scan over stacked layers, and remat (nnx.remat inside the scan body) on top."""
     directory, _ = checkpoints["mistral_window"]
     ids, mask, positions = padded_batch(length=12)
     inputs = (jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask))
@@ -93,7 +93,7 @@ def test_scan_layers_and_remat_give_the_same_logits_and_grads(checkpoints):
         return np.asarray(logits), float(value), flat
 
     base_logits, base_loss, base_grads = loss_and_grad(load_decoder(directory))
-    for overrides in (dict(scan_layers=True), dict(remat=True), dict(scan_layers=True, remat=True)):
+    for overrides in (dict(scan_layers=True), dict(scan_layers=True, remat=True)):
         logits, value, grads = loss_and_grad(load_decoder(directory, **overrides))
         # Same math, but XLA may fuse a scanned body differently from unrolled layers: equal to float rounding.
         assert np.abs(logits - base_logits).max() <= 1e-5, (overrides, np.abs(logits - base_logits).max())

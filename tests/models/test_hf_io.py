@@ -11,12 +11,11 @@ from jaxpetct.models import config as cfglib
 from jaxpetct.models.config import ConfigError, DecoderConfig
 from jaxpetct.models.hf_io import export_decoder, load_decoder
 from jaxpetct.models.safetensors_io import CheckpointError, SafetensorsCheckpoint
-from tests.models.hf_tiny import hf_logits, make_hf, padded_batch, save_hf
+from tests.models.hf_tiny import forward, hf_logits, make_hf, padded_batch, save_hf
 
 
 def _ours(model, ids, mask, positions):
-    logits, _ = model(jnp.asarray(ids), positions=jnp.asarray(positions), attention_mask=jnp.asarray(mask))
-    return np.asarray(logits)
+    return forward(model, ids, mask, positions)
 
 
 def _tokenizer_dir(path):

@@ -9,7 +9,7 @@ from flax import nnx
 
 from jaxpetct.models import lora
 from jaxpetct.models.hf_io import export_decoder, load_decoder
-from tests.models.hf_tiny import hf_logits, padded_batch, save_hf
+from tests.models.hf_tiny import forward, hf_logits, padded_batch, save_hf
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,7 @@ def _randomise_adapters(model, seed=0):
 
 def _logits(model, batch):
     ids, mask, positions = batch
-    out, _ = model(jnp.asarray(ids), positions=jnp.asarray(positions), attention_mask=jnp.asarray(mask))
-    return np.asarray(out)
+    return forward(model, ids, mask, positions)
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -56,9 +55,9 @@ def test_merge_unmerge_and_merged_export(checkpoint, tmp_path, scan):
     assert all(not d.lora.merged for _, d in lora.adapted_denses(model))
 
     lora.merge(model)
-    assert np.abs(_logits(model, batch) - adapted)[mask].max() <= 1e-5
+    assert np.abs(_logits(model, batch) - adapted)[mask].max() <= 1e-4  # W + BA rounded once vs two matmuls
     lora.unmerge(model)
-    np.testing.assert_allclose(_logits(model, batch), adapted, atol=1e-5)
+    np.testing.assert_allclose(_logits(model, batch), adapted, atol=1e-4)
     kernel_after = np.asarray(model.layers.self_attn.q_proj.kernel[...] if scan
                               else model.layers[1].self_attn.q_proj.kernel[...])
     np.testing.assert_allclose(kernel_after, kernel_before, atol=1e-6)
