@@ -13,7 +13,7 @@ from jaxpetct.models.decoder import Decoder
 from jaxpetct.models.hf_io import load_decoder
 from jaxpetct.parallel.mesh import MeshConfig, MeshError, make_mesh
 from jaxpetct.parallel.rules import ShardingRuleError, init_sharded, logical_to_spec
-from tests.models.hf_tiny import padded_batch, save_hf
+from tests.models.hf_tiny import forward, make_hf, padded_batch, save_hf
 
 MESH_SHAPE = {"data": 2, "fsdp": 2, "tensor": 2}
 
@@ -28,6 +28,17 @@ def mesh():
 def checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("sharded_src")
     save_hf("mistral_window", directory, seed=7)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def checkpoint_default_init(tmp_path_factory):
+    """transformers' default initializer_range (0.02): logits of O(1), the scale the 1e-5 bound is meant for.
+
+    Sharding changes the order of float32 reductions, so the absolute error grows with the logits' magnitude.
+    """
+    directory = tmp_path_factory.mktemp("sharded_src_default_init")
+    make_hf("mistral_window", seed=7, initializer_range=0.02)[0].save_pretrained(directory)
     return directory
 
 
@@ -58,9 +69,9 @@ def _shard_shape(x):
 
 
 @pytest.mark.parametrize("scan", [False, True])
-def test_sharded_forward_equals_single_device_and_params_are_split(mesh, checkpoint, scan):
-    single = load_decoder(checkpoint, scan_layers=scan)
-    sharded = load_decoder(checkpoint, scan_layers=scan, mesh=mesh)
+def test_sharded_forward_equals_single_device_and_params_are_split(mesh, checkpoint_default_init, scan):
+    single = load_decoder(checkpoint_default_init, scan_layers=scan)
+    sharded = load_decoder(checkpoint_default_init, scan_layers=scan, mesh=mesh)
     lead = (None,) if scan else ()
     layer = sharded.layers if scan else sharded.layers[0]
     expect = {
@@ -80,18 +91,16 @@ def test_sharded_forward_equals_single_device_and_params_are_split(mesh, checkpo
     assert sharded.norm.scale[...].sharding.is_fully_replicated
 
     ids, mask, positions = padded_batch(batch=4, length=16)
-    ref, _ = single(jnp.asarray(ids), positions=jnp.asarray(positions), attention_mask=jnp.asarray(mask))
+    ref = forward(single, ids, mask, positions)
     batch_sharding = NamedSharding(mesh, P(("data", "fsdp"), None))
     inputs = [jax.device_put(jnp.asarray(a), batch_sharding) for a in (ids, positions, mask)]
 
-    @nnx.jit
-    def forward(model, ids, positions, mask):
-        return model(ids, positions=positions, attention_mask=mask)[0]
-
     with jax.set_mesh(mesh):
-        out = forward(sharded, *inputs)
+        out = nnx.jit(lambda m, i, p, k: m(i, positions=p, attention_mask=k)[0])(sharded, *inputs)
     assert out.sharding.spec[0] == ("data", "fsdp") and _shard_shape(out) == (1, 16, 128)
-    assert np.abs(np.asarray(out) - np.asarray(ref)).max() <= 1e-5
+    err = np.abs(np.asarray(out) - ref).max()
+    print(f"sharded vs single-device max |dlogits| = {err:.2e}")
+    assert err <= 1e-5
 
 
 def test_sharded_generation_and_init(mesh, checkpoint):
