@@ -3,6 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 from flax import nnx
 
 from jaxpetct.models.hf_io import load_decoder
@@ -104,3 +106,16 @@ def test_scan_layers_and_remat_give_the_same_logits_and_grads(checkpoints):
             else:
                 g_other = grads[path]
             np.testing.assert_allclose(g_other, g, atol=1e-6, rtol=1e-5, err_msg=f"{overrides} {path}")
+
+
+def test_bfloat16_compute_is_as_close_to_float32_as_transformers_own_bfloat16(checkpoints):
+    """Mixed precision (bf16 weights and activations, float32 norms/softmax/logits) loses no more than PyTorch's."""
+    directory, hf = checkpoints["qwen2_tied"]
+    ids, mask, positions = padded_batch()
+    ref = hf_logits(hf, ids, mask, positions)
+    # from_pretrained in bf16 keeps RoPE frequencies in float32, as we do (a `.to()` would round them too).
+    torch_bf16 = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16).eval()
+    hf_bf16 = hf_logits(torch_bf16, ids, mask, positions)
+    ours = forward(load_decoder(directory, dtype="bfloat16", param_dtype="bfloat16"), ids, mask, positions)
+    ours_err, torch_err = np.abs(ours - ref)[mask].max(), np.abs(hf_bf16 - ref)[mask].max()
+    assert ours_err <= 1.5 * torch_err, (ours_err, torch_err)
