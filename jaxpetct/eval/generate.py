@@ -114,7 +114,6 @@ def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, bidirec
     batch, length = x.shape[:2]
     logits, cache, next_pos = _prefill(graphdef, state, input_ids, inputs_embeds, attention_mask,
                                        bidirectional_mask, length + max_new_tokens)
-    model = _eval_model(graphdef, state)
     eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
     rng, sub = jax.random.split(rng)
     first = sample_logits(sub, logits, sampling)
@@ -127,7 +126,9 @@ def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, bidirec
 
     def body(carry):
         i, tokens, last, pos, done, cache, rng = carry
-        logits, cache = _decode(model, last, pos, cache)
+        # NNX variables may not cross into an inner trace level: rebuild them (same arrays) inside the body.
+        local = jax.tree.map(lambda x: x, state)
+        logits, cache = _decode(_eval_model(graphdef, local), last, pos, cache)
         rng, sub = jax.random.split(rng)
         tok = jnp.where(done, pad_id, sample_logits(sub, logits, sampling))
         tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))

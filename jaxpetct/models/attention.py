@@ -20,11 +20,15 @@ from jaxpetct.models.rope import apply_rope
 from jaxpetct.parallel.rules import shard
 
 
-def resolve_implementation(cfg: DecoderConfig) -> str:
-    """'cudnn' only where it is supported (GPU, 16-bit compute, head_dim a multiple of 8 up to 128)."""
+def resolve_implementation(cfg: DecoderConfig, cached: bool = False) -> str:
+    """'cudnn' only where it is supported (GPU, 16-bit compute, head_dim a multiple of 8 up to 128).
+
+    'auto' keeps cached calls (prefill into / decode from a KV cache) on XLA: a one-query decode step gains
+    nothing from flash attention, and cuDNN's constraints on such shapes vary between versions.
+    """
     if cfg.attention_impl != "auto":
         return cfg.attention_impl
-    if (jax.default_backend() == "gpu" and cfg.compute_dtype in (jnp.bfloat16, jnp.float16)
+    if (not cached and jax.default_backend() == "gpu" and cfg.compute_dtype in (jnp.bfloat16, jnp.float16)
             and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128):
         return "cudnn"
     return "xla"
@@ -70,6 +74,7 @@ class Attention(nnx.Module):
         self.o_proj = Dense((h, d), (e,), in_axes=("q_heads", "kv"), out_axes=("embed",), **kw)
         self.sliding_window = cfg.sliding_window
         self.implementation = resolve_implementation(cfg)
+        self.cached_implementation = resolve_implementation(cfg, cached=True)
         self.dtype = cfg.compute_dtype
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: Optional[jax.Array],
@@ -87,7 +92,7 @@ class Attention(nnx.Module):
             v_all = jax.lax.dynamic_update_slice(v_buf, v, (0, index, 0, 0)).astype(self.dtype)
         else:
             k_all, v_all = k, v
-        out = attend(q, k_all, v_all, mask, implementation=self.implementation,
-                     sliding_window=self.sliding_window)
+        impl = self.implementation if cache_kv is None else self.cached_implementation
+        out = attend(q, k_all, v_all, mask, implementation=impl, sliding_window=self.sliding_window)
         out = shard(out, ("batch", "length", "act_heads", "kv"))
         return self.o_proj(out), (None if cache_kv is None else (k, v))

@@ -110,6 +110,8 @@ def load_decoder(directory: Union[str, os.PathLike], *, mesh: Optional[Mesh] = N
     `config_overrides` set runtime fields (dtype, param_dtype, remat, scan_layers, attention_impl).
     """
     directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(directory, "not a directory")
     try:
         cfg = DecoderConfig.from_hf(read_config(directory), **config_overrides)
     except ConfigError as e:

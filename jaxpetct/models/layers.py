@@ -85,7 +85,10 @@ class Embed(nnx.Module):
         self.embedding = annotated_param(normal_init(rngs, (vocab, dim), param_dtype), ("vocab", "embed"))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        # Gather from a table whose embed dim is whole (FSDP's all-gather before use): a gather from an
+        # fsdp-split table into a batch-split-over-fsdp output would make XLA replicate the result instead.
+        table = shard(self.embedding[...], ("vocab", None))
+        return jnp.take(table, ids, axis=0).astype(self.dtype)
 
     def attend(self, h: jax.Array) -> jax.Array:
         return jax.lax.dot_general(h.astype(self.dtype), self.embedding[...].astype(self.dtype),

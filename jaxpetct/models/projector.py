@@ -32,8 +32,8 @@ class ProjectorConfig:
     d_model: int  # decoder hidden size
     kind: str = "linear"  # 'linear' (paper) | 'mlp' (LLaVA-1.5 mlp2x_gelu)
     pool: int = 1  # k x k spatial average before flattening; 1 = paper (no pooling)
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    dtype: Any = "float32"  # compute dtype; a name or a JAX dtype
+    param_dtype: Any = "float32"
 
     def __post_init__(self):
         if self.kind not in ("linear", "mlp"):
@@ -66,7 +66,7 @@ def pool_grid(tokens: Array, pool: int) -> Array:
 class Projector(nnx.Module):
     def __init__(self, cfg: ProjectorConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        common = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        common = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.fc1 = nnx.Linear(cfg.in_features, cfg.d_model, kernel_metadata=_axes("vis_proj", "embed"),
                               bias_metadata=_axes("embed"), **common)
         self.fc2 = (nnx.Linear(cfg.d_model, cfg.d_model, kernel_metadata=_axes("mlp", "embed"),
@@ -75,7 +75,8 @@ class Projector(nnx.Module):
     def __call__(self, tokens: Array) -> Array:
         cfg = self.cfg
         if tokens.ndim != 5 or tuple(tokens.shape[2:]) != (*cfg.grid, cfg.vision_dim):
-            raise ValueError(f"projector expects encoder tokens (B, T, {cfg.grid[0]}, {cfg.grid[1]}, {cfg.vision_dim}), "
+            h, w = cfg.grid
+            raise ValueError(f"projector expects encoder tokens (B, T, {h}, {w}, {cfg.vision_dim}), "
                              f"got {tuple(tokens.shape)}")
         x = pool_grid(tokens, cfg.pool)
         b, t = x.shape[:2]

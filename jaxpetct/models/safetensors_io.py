@@ -93,11 +93,19 @@ class SafetensorsCheckpoint:
         """One tensor as a host numpy array (bf16 via ml_dtypes); read through safe_open on the CPU backend."""
         path = self.file_of(name)
         try:
-            with jax.default_device(jax.local_devices(backend="cpu")[0]):
-                with safe_open(path, framework="flax") as f:
+            with jax.default_device(_host_device()):
+                with safe_open(path, framework="flax") as f:  # the numpy framework cannot hold bf16
                     return np.asarray(f.get_tensor(name))
         except Exception as e:
             raise CheckpointError(path, f"cannot read tensor {name!r} ({e})") from e
+
+
+def _host_device() -> jax.Device:
+    """The CPU device when the CPU backend is enabled (JAX_PLATFORMS may leave only the accelerator)."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return jax.local_devices()[0]
 
 
 def place(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -105,7 +113,6 @@ def place(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-@jax.jit
 def _set_layer(buffer: jax.Array, piece: jax.Array, i: jax.Array) -> jax.Array:
     return jax.lax.dynamic_update_index_in_dim(buffer, piece.astype(buffer.dtype), i, axis=0)
 

@@ -13,7 +13,6 @@ a recipe ever needs it).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -21,6 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from jaxpetct.models.hf_io import read_config
+from jaxpetct.models.safetensors_io import CheckpointError, SafetensorsCheckpoint, load_state
+from jaxpetct.parallel.rules import LOGICAL_RULES
 
 Array = jax.Array
 
@@ -32,10 +35,6 @@ _ACTIVATIONS = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
 }
-
-
-class TextEncoderLoadError(ValueError):
-    """A checkpoint directory that cannot be read as a RobertaModel (names the directory/tensor and the reason)."""
 
 
 def _axes(*names: str | None) -> dict[str, Any]:
@@ -56,14 +55,22 @@ class RobertaConfig:
     pad_token_id: int = 1
     hidden_act: str = "gelu"
     add_pooling_layer: bool = True
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    dtype: Any = "float32"  # compute dtype; a name or a JAX dtype
+    param_dtype: Any = "float32"
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; known: {sorted(_ACTIVATIONS)}")
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
 
     @classmethod
     def phobert_base(cls, **overrides) -> "RobertaConfig":
@@ -84,7 +91,7 @@ class RobertaConfig:
         if pos_type != "absolute":
             raise ValueError(f"position_embedding_type={pos_type!r} is not supported (only 'absolute', as in RoBERTa)")
         if hf.get("is_decoder") or hf.get("add_cross_attention"):
-            raise ValueError("decoder/cross-attention RoBERTa configs are not supported: this is a bidirectional encoder")
+            raise ValueError("decoder/cross-attention RoBERTa configs are not supported (this is an encoder)")
         return cls(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
                    num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
                    max_position_embeddings=hf["max_position_embeddings"], type_vocab_size=hf.get("type_vocab_size", 2),
@@ -99,18 +106,19 @@ def roberta_position_ids(input_ids: Array, pad_token_id: int) -> Array:
 
 
 def _linear(din: int, dout: int, axes: tuple[str, str], cfg: RobertaConfig, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(din, dout, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs,
+    return nnx.Linear(din, dout, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs,
                       kernel_init=nnx.initializers.normal(0.02), kernel_metadata=_axes(*axes),
                       bias_metadata=_axes(axes[1]))
 
 
 def _layernorm(cfg: RobertaConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+                         param_dtype=cfg.weight_dtype,
                          rngs=rngs, scale_metadata=_axes("norm"), bias_metadata=_axes("norm"))
 
 
 def _embed(n: int, axes: tuple[str | None, str], cfg: RobertaConfig, rngs: nnx.Rngs) -> nnx.Embed:
-    return nnx.Embed(n, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs,
+    return nnx.Embed(n, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs,
                      embedding_init=nnx.initializers.normal(0.02), embedding_metadata=_axes(*axes))
 
 
@@ -171,107 +179,59 @@ class RobertaEncoder(nnx.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# HF safetensors -> NNX (tensor by tensor)
+# HF safetensors -> NNX (tensor by tensor, each placed with its sharding)
+
+# our path -> (transformers name after "embeddings." / "encoder.layer.{i}." / "", transposed?)
+_TOP_TABLE = {
+    ("word_embeddings", "embedding"): ("embeddings.word_embeddings.weight", False),
+    ("position_embeddings", "embedding"): ("embeddings.position_embeddings.weight", False),
+    ("token_type_embeddings", "embedding"): ("embeddings.token_type_embeddings.weight", False),
+    ("embed_norm", "scale"): ("embeddings.LayerNorm.weight", False),
+    ("embed_norm", "bias"): ("embeddings.LayerNorm.bias", False),
+    ("pooler", "kernel"): ("pooler.dense.weight", True),  # torch Linear stores (out, in)
+    ("pooler", "bias"): ("pooler.dense.bias", False),
+}
+_LAYER_MODULES = {
+    "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+    "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+    "ffn_in": "intermediate.dense", "ffn_out": "output.dense", "ffn_norm": "output.LayerNorm",
+}
+_LAYER_PARAMS = {"kernel": ("weight", True), "bias": ("bias", False), "scale": ("weight", False)}
+_PREFIXES = ("", "roberta.")  # RobertaModel / RobertaFor* (PhoBERT ships as RobertaForMaskedLM)
 
 
-def _hf_names(model: RobertaEncoder) -> dict[str, tuple[nnx.Variable, bool]]:
-    """HF tensor name -> (our Variable, transpose?) for every parameter of ``model``."""
-    out: dict[str, tuple[nnx.Variable, bool]] = {}
-
-    def linear(prefix: str, lin: nnx.Linear):
-        out[f"{prefix}.weight"] = (lin.kernel, True)  # torch Linear stores (out, in)
-        out[f"{prefix}.bias"] = (lin.bias, False)
-
-    def norm(prefix: str, ln: nnx.LayerNorm):
-        out[f"{prefix}.weight"] = (ln.scale, False)
-        out[f"{prefix}.bias"] = (ln.bias, False)
-
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        out[f"embeddings.{name}.weight"] = (getattr(model, name).embedding, False)
-    norm("embeddings.LayerNorm", model.embed_norm)
-    for i, layer in enumerate(model.layers):
-        p = f"encoder.layer.{i}"
-        for name in ("query", "key", "value"):
-            linear(f"{p}.attention.self.{name}", getattr(layer, name))
-        linear(f"{p}.attention.output.dense", layer.attn_out)
-        norm(f"{p}.attention.output.LayerNorm", layer.attn_norm)
-        linear(f"{p}.intermediate.dense", layer.ffn_in)
-        linear(f"{p}.output.dense", layer.ffn_out)
-        norm(f"{p}.output.LayerNorm", layer.ffn_norm)
-    if model.pooler is not None:
-        linear("pooler.dense", model.pooler)
-    return out
+def hf_name(path: tuple) -> tuple[str, bool]:
+    """(transformers tensor name without model prefix, transpose?) of one of our parameter paths."""
+    if path[0] == "layers":
+        module, param = _LAYER_MODULES[path[2]], _LAYER_PARAMS[path[3]]
+        return f"encoder.layer.{path[1]}.{module}.{param[0]}", param[1]
+    return _TOP_TABLE[tuple(path)]
 
 
-def _tensor_index(directory: str) -> dict[str, str]:
-    """HF tensor name -> safetensors file, for a single-file or an index-sharded checkpoint."""
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-        return {k: os.path.join(directory, v) for k, v in weight_map.items()}
-    single = os.path.join(directory, "model.safetensors")
-    if not os.path.isfile(single):
-        raise TextEncoderLoadError(f"{directory}: no model.safetensors or model.safetensors.index.json")
-    from safetensors import safe_open
+def load_roberta(directory: str | os.PathLike, *, add_pooling_layer: bool = True, mesh=None, rules=LOGICAL_RULES,
+                 dtype: Any = "float32", param_dtype: Any = "float32") -> RobertaEncoder:
+    """A RobertaEncoder with the weights of an HF directory (config.json + safetensors, single or sharded index).
 
-    with safe_open(single, framework="numpy") as f:
-        return {k: single for k in f.keys()}
-
-
-def load_roberta(directory: str | os.PathLike, *, add_pooling_layer: bool = True, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, sharding_for=None) -> RobertaEncoder:
-    """Build a RobertaEncoder from an HF directory (config.json + safetensors), one tensor in host memory at a time.
-
-    Accepts ``RobertaModel`` names and prefixed ones (``roberta.`` from RobertaForMaskedLM, as PhoBERT ships);
-    heads (``lm_head.*``) and buffers are ignored. ``sharding_for(variable) -> jax.sharding.Sharding | None`` lets the
-    caller place each tensor straight onto its devices (e.g. from the logical-axis rules); default: device 0.
+    One tensor is on the host at a time and lands directly in its shards on ``mesh`` (default: one device) under the
+    logical-axis ``rules``. Names may carry the ``roberta.`` prefix of RobertaFor* checkpoints; heads (``lm_head``)
+    are ignored. Raises CheckpointError naming the file and the reason.
     """
-    from safetensors import safe_open
-
     directory = os.fspath(directory)
-    config_path = os.path.join(directory, "config.json")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            hf_cfg = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise TextEncoderLoadError(f"{config_path}: cannot read the model config ({e})") from e
+    hf_cfg = read_config(directory)
     try:
         cfg = RobertaConfig.from_hf(hf_cfg, add_pooling_layer=add_pooling_layer, dtype=dtype, param_dtype=param_dtype)
-    except (KeyError, ValueError) as e:
-        raise TextEncoderLoadError(f"{config_path}: not a usable RoBERTa config ({e!r})") from e
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(os.path.join(directory, "config.json"), f"not a usable RoBERTa config ({e!r})") from e
+    ckpt = SafetensorsCheckpoint(directory)
 
-    model = nnx.eval_shape(lambda: RobertaEncoder(cfg, rngs=nnx.Rngs(0)))
-    wanted = _hf_names(model)
-    files = _tensor_index(directory)
-    prefixes = ("", "roberta.")
-    source: dict[str, tuple[str, str]] = {}  # our HF-style name -> (file, stored name)
-    for name in wanted:
-        for prefix in prefixes:
-            if prefix + name in files:
-                source[name] = (files[prefix + name], prefix + name)
-                break
-    missing = sorted(set(wanted) - set(source))
-    if missing:
-        raise TextEncoderLoadError(f"{directory}: checkpoint lacks {len(missing)} RoBERTa tensors, e.g. {missing[:3]}"
-                                   + (" (load with add_pooling_layer=False if it has no pooler)"
-                                      if any(m.startswith("pooler.") for m in missing) else ""))
+    def source(path: tuple, var: nnx.Variable) -> np.ndarray:
+        name, transpose = hf_name(path)
+        for prefix in _PREFIXES:
+            if prefix + name in ckpt:
+                array = ckpt.read(prefix + name)
+                return array.T if transpose else array
+        hint = " (load with add_pooling_layer=False: it has no pooler)" if name.startswith("pooler.") else ""
+        raise CheckpointError(directory, f"RoBERTa tensor {name!r} is missing from the checkpoint{hint}")
 
-    by_file: dict[str, list[str]] = {}
-    for name, (path, _) in source.items():
-        by_file.setdefault(path, []).append(name)
-    for path, names in by_file.items():
-        with safe_open(path, framework="numpy") as f:
-            for name in names:
-                variable, transpose = wanted[name]
-                array = f.get_tensor(source[name][1])
-                if transpose:
-                    array = array.T
-                if tuple(array.shape) != tuple(variable.shape):
-                    raise TextEncoderLoadError(f"{path}: tensor {source[name][1]} has shape {tuple(array.shape)}, "
-                                               f"config expects {tuple(variable.shape)}")
-                array = np.asarray(array, dtype=variable.dtype)
-                sharding = sharding_for(variable) if sharding_for is not None else None
-                variable.set_value(jax.device_put(array, sharding) if sharding is not None else jnp.asarray(array))
-                del array
-    return model
+    abstract = nnx.eval_shape(lambda: RobertaEncoder(cfg, rngs=nnx.Rngs(0)))
+    return load_state(abstract, source, mesh, rules, where=directory)

@@ -36,6 +36,7 @@ from flax import nnx
 from jaxpetct.models.ctvit import CTViT
 from jaxpetct.models.decoder import Decoder
 from jaxpetct.models.projector import Projector
+from jaxpetct.parallel.rules import shard
 
 Array = jax.Array
 
@@ -136,7 +137,8 @@ class VLM(nnx.Module):
         grid = self.encoder(images)
         if self.freeze_encoder:
             grid = jax.lax.stop_gradient(grid)
-        return self.projector(grid).astype(self.decoder.cfg.compute_dtype)
+        visual = self.projector(grid).astype(self.decoder.cfg.compute_dtype)
+        return shard(visual, ("batch", "length", "act_embed"))
 
     def prompt_embeds(self, images: Array, input_ids: Array, image_mask: Array) -> Array:
         """Decoder input embeddings (B, L, d_model) with the visual tokens in place: the prefill input."""

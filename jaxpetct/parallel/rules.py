@@ -36,6 +36,13 @@ LOGICAL_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("position", None),
     ("conv", None),
     ("channels", None),
+    # vision encoder and projector: CT-ViT split like the decoder; the very wide projector input (the flattened
+    # 24x24x512 grid of a temporal patch, ~295k features) over fsdp x tensor
+    ("vis_embed", "fsdp"),
+    ("vis_heads", "tensor"),
+    ("vis_mlp", "tensor"),
+    ("vis_patch", None),
+    ("vis_proj", ("fsdp", "tensor")),
     # activations
     ("batch", ("data", "fsdp")),
     ("length", None),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxpetct.models.ctvit import CTViT, CTViTConfig, alibi_slopes
+from jaxpetct.models.ctvit import CTViT, CTViTConfig, alibi_bias, alibi_slopes
 
 
 def _volume(cfg, batch=2, seed=0):
@@ -13,7 +13,7 @@ def _volume(cfg, batch=2, seed=0):
 
 
 def test_paper_config_shapes_without_allocating():
-    cfg = CTViTConfig.paper(channels=2)
+    cfg = CTViTConfig.paper(channels=2, dtype="bfloat16")
     assert cfg.grid == (14, 24, 24) and cfg.patch_features == 2 * 10 * 20 * 20
 
     def build_and_run(volume):
@@ -21,6 +21,7 @@ def test_paper_config_shapes_without_allocating():
 
     out = jax.eval_shape(build_and_run, jax.ShapeDtypeStruct((2, 2, 140, 480, 480), jnp.float32))
     assert out.shape == (2, 14, 24, 24, 512)  # 14 visual tokens, each a 24 x 24 x 512 grid
+    assert out.dtype == jnp.bfloat16
     model = nnx.eval_shape(lambda: CTViT(cfg, rngs=nnx.Rngs(0)))
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert 24e6 < n_params < 27e6, n_params
@@ -28,6 +29,7 @@ def test_paper_config_shapes_without_allocating():
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         names = var.get_metadata().get("out_sharding")
         assert names is not None and len(names) == len(var.shape), (path, names, var.shape)
+        assert var.dtype == jnp.float32  # weights stay float32 under bf16 compute
 
 
 def test_patchify_layout_matches_direct_indexing():
@@ -111,3 +113,55 @@ def test_gradient_reaches_every_parameter_and_remat_is_exact():
         assert np.isfinite(a).all(), path
         assert np.abs(a).max() > 0, f"no gradient reaches {path}"
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7, err_msg=str(path))
+
+
+def test_forward_matches_a_torch_restatement_of_ct_clip():
+    """Whole tiny encoder in torch primitives (Conv3d groups, LayerNorm, SDPA, exact GELU) from our weights: checks
+    layouts (conv taps, (in, out) kernels, patch feature order) against torch's own layer implementations."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    cfg = CTViTConfig.tiny(channels=2, temporal_causal=True)
+    model = CTViT(cfg, rngs=nnx.Rngs(5))
+    vol = np.array(_volume(cfg, batch=1, seed=4))
+    t_ = lambda a: torch.from_numpy(np.array(a[...], np.float32))  # noqa: E731
+    lin = lambda x, l: F.linear(x, t_(l.kernel).T, None if l.bias is None else t_(l.bias))  # noqa: E731
+    ln = lambda x, n: F.layer_norm(x, x.shape[-1:], t_(n.scale), t_(n.bias), 1e-5)  # noqa: E731
+    scale_norm = lambda x, n: F.layer_norm(x, x.shape[-1:], t_(n.scale), None, 1e-5)  # noqa: E731
+
+    def block(x, blk, bias, axis):  # x (b, t, h, w, d)
+        b, t, h, w, d = x.shape
+        conv_w = t_(blk.peg.conv.kernel).permute(4, 3, 0, 1, 2)  # (d, 1, 3, 3, 3)
+        xc = F.pad(x.permute(0, 4, 1, 2, 3), (1, 1, 1, 1, 2, 0))
+        x = F.conv3d(xc, conv_w, t_(blk.peg.conv.bias), groups=d).permute(0, 2, 3, 4, 1) + x
+        seq = x.reshape(b * t, h * w, d) if axis == "spatial" else x.permute(0, 2, 3, 1, 4).reshape(b * h * w, t, d)
+        a = blk.attn
+        y = scale_norm(seq, a.norm)
+        heads = lambda z: z.reshape(z.shape[0], z.shape[1], cfg.heads, cfg.dim_head).transpose(1, 2)  # noqa: E731
+        q, (k, v) = heads(lin(y, a.to_q)), map(heads, lin(y, a.to_kv).chunk(2, dim=-1))
+        q, k = F.normalize(q, dim=-1) * t_(a.q_scale), F.normalize(k, dim=-1) * t_(a.k_scale)
+        sim = q @ k.transpose(-1, -2) * cfg.attn_logit_scale + bias
+        if axis == "temporal":
+            sim = sim.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), -torch.finfo(sim.dtype).max)
+        out = (sim.softmax(-1) @ v).transpose(1, 2).reshape(seq.shape[0], seq.shape[1], -1)
+        seq = lin(out, a.to_out) + seq
+        val, gate = lin(ln(seq, blk.ff.norm), blk.ff.proj_in).chunk(2, dim=-1)
+        seq = lin(F.gelu(gate) * val, blk.ff.proj_out) + seq
+        if axis == "spatial":
+            return seq.reshape(b, t, h, w, d)
+        return seq.reshape(b, h, w, t, d).permute(0, 3, 1, 2, 4)
+
+    pt, p = cfg.temporal_patch_size, cfg.patch_size
+    (t, h, w) = cfg.grid
+    x = torch.from_numpy(vol).reshape(1, 2, t, pt, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(1, t, h, w, -1)
+    x = ln(lin(ln(x, model.patch_norm_in), model.patch_proj), model.patch_norm_out)
+    spatial_bias = torch.from_numpy(np.array(model.spatial_position_bias(h, w)))
+    temporal_bias = torch.from_numpy(np.asarray(alibi_bias(t, cfg.heads), np.float32))
+    with torch.no_grad():
+        for blk in model.spatial_blocks:
+            x = block(x, blk, spatial_bias, "spatial")
+        x = scale_norm(x, model.spatial_norm)
+        for blk in model.temporal_blocks:
+            x = block(x, blk, temporal_bias, "temporal")
+        ref = scale_norm(x, model.temporal_norm).numpy()
+    ours = np.asarray(nnx.jit(lambda m, v: m(v))(model, jnp.asarray(vol)))
+    np.testing.assert_allclose(ours, ref, atol=2e-5)

@@ -7,13 +7,18 @@ from flax import nnx
 import numpy as np
 import pytest
 
-from jaxpetct.models.text_encoder import (RobertaConfig, RobertaEncoder, TextEncoderLoadError, load_roberta,
-                                          roberta_position_ids)
+from jaxpetct.models.safetensors_io import CheckpointError
+from jaxpetct.models.text_encoder import RobertaConfig, RobertaEncoder, load_roberta, roberta_position_ids
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 PAD = 1
+
+
+@nnx.jit
+def _forward(model, ids, mask=None):
+    return model(ids, mask)
 
 
 def _hf_model(tmp_path, **overrides):
@@ -48,7 +53,7 @@ def test_roberta_matches_transformers_including_padded_rows(tmp_path):
     with torch.no_grad():
         ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
     ours = load_roberta(tmp_path)
-    hidden, pooled = ours(jnp.asarray(ids, jnp.int32), jnp.asarray(mask.astype(bool)))
+    hidden, pooled = _forward(ours, jnp.asarray(ids, jnp.int32), jnp.asarray(mask.astype(bool)))
     ref_hidden = ref.last_hidden_state.numpy()
     err = np.abs(np.asarray(hidden) - ref_hidden).max()  # every position, pads included
     print(f"RobertaModel parity: max |delta last_hidden_state| = {err:.2e}")
@@ -63,8 +68,8 @@ def test_roberta_padding_does_not_change_real_tokens(tmp_path):
     model = load_roberta(tmp_path, add_pooling_layer=False)
     ids = jnp.asarray([[0, 5, 6, 7, 2]], jnp.int32)
     padded = jnp.asarray([[0, 5, 6, 7, 2, PAD, PAD]], jnp.int32)
-    h1, pooled = model(ids)
-    h2, _ = model(padded)
+    h1, pooled = _forward(model, ids)
+    h2, _ = _forward(model, padded)
     assert pooled is None
     np.testing.assert_allclose(np.asarray(h1), np.asarray(h2[:, :5]), atol=1e-5)
 
@@ -83,17 +88,17 @@ def test_loader_reads_prefixed_masked_lm_checkpoints_and_rejects_bad_dirs(tmp_pa
     ids = torch.tensor([[0, 4, 5, 6, 2]])
     with torch.no_grad():
         ref = mlm.roberta(input_ids=ids).last_hidden_state.numpy()
-    with pytest.raises(TextEncoderLoadError, match="add_pooling_layer=False"):
+    with pytest.raises(CheckpointError, match="add_pooling_layer=False"):
         load_roberta(tmp_path / "mlm")
-    hidden, _ = load_roberta(tmp_path / "mlm", add_pooling_layer=False)(jnp.asarray(ids.numpy(), jnp.int32))
+    hidden, _ = _forward(load_roberta(tmp_path / "mlm", add_pooling_layer=False), jnp.asarray(ids.numpy(), jnp.int32))
     assert np.abs(np.asarray(hidden) - ref).max() <= 1e-4
 
-    with pytest.raises(TextEncoderLoadError, match="config"):
+    with pytest.raises(CheckpointError, match="config.json"):
         load_roberta(tmp_path / "nowhere")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"vocab_size": 10}))
-    with pytest.raises(TextEncoderLoadError, match="not a usable RoBERTa config"):
+    with pytest.raises(CheckpointError, match="not a usable RoBERTa config"):
         load_roberta(bad)
 
 
@@ -105,3 +110,22 @@ def test_phobert_base_config_shapes():
     assert model.position_embeddings.embedding.shape == (258, 768)
     assert len(model.layers) == 12
     assert 134e6 < n < 136e6  # PhoBERT-base: 135 M parameters
+
+
+def test_sharded_checkpoint_loads_onto_a_mesh(tmp_path):
+    """A multi-file (index) checkpoint, placed on a (data, fsdp, tensor) = (2, 2, 2) mesh: really split, same output."""
+    from jaxpetct.parallel.mesh import MeshConfig, make_mesh
+
+    hf = _hf_model(tmp_path / "one")
+    hf.save_pretrained(tmp_path / "sharded", safe_serialization=True, max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    model = load_roberta(tmp_path / "sharded", mesh=mesh)
+    ffn_in = model.layers[0].ffn_in.kernel[...]  # ('embed', 'mlp') -> (fsdp, tensor)
+    assert ffn_in.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert ffn_in.addressable_shards[0].data.shape == (16, 32)
+    ids, mask = _batch()
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+    hidden, _ = _forward(model, jnp.asarray(ids, jnp.int32), jnp.asarray(mask.astype(bool)))
+    assert np.abs(np.asarray(hidden) - ref).max() <= 1e-4
