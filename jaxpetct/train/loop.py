@@ -87,6 +87,23 @@ def to_global(batch: dict, shardings: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
 
 
+def prepare_state(model: nnx.Module, spec: StageSpec, mesh, *, seed: int = 0):
+    """(graphdef, initial TrainState laid out on `mesh`, optimizer, group names, schedule) of a stage.
+
+    The state's structure depends only on the model and the stage, never on the mesh, which is what lets a
+    checkpoint written on one mesh be restored onto another (`abstract_like(state)` is the restore target).
+    """
+    groups = spec.param_groups()
+    graphdef, params, frozen, group_of = split_trainable(model, groups)
+    schedule = Schedule(spec.peak_lr, spec.steps, spec.warmup_fraction, spec.final_lr_fraction)
+    tx = make_optimizer(params, group_of, groups, schedule, weight_decay=spec.weight_decay, clip_norm=spec.clip_norm)
+    with jax.set_mesh(mesh):
+        params = jax.device_put(params, state_shardings(params, mesh))
+        frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
+        state = jax.jit(lambda p, f: init_state(p, f, tx, seed=seed))(params, frozen)
+    return graphdef, state, tx, group_of, schedule
+
+
 @dataclasses.dataclass
 class StageResult:
     model: nnx.Module
@@ -116,14 +133,8 @@ def run_stage(
     """
     workdir = os.fspath(workdir)
     groups = spec.param_groups()
-    graphdef, params, frozen, group_of = split_trainable(model, groups)
-    schedule = Schedule(spec.peak_lr, spec.steps, spec.warmup_fraction, spec.final_lr_fraction)
-    tx = make_optimizer(params, group_of, groups, schedule, weight_decay=spec.weight_decay, clip_norm=spec.clip_norm)
-
-    with jax.set_mesh(mesh):
-        params = jax.device_put(params, state_shardings(params, mesh))
-        frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
-        state = jax.jit(lambda p, f: init_state(p, f, tx, seed=seed))(params, frozen)
+    graphdef, state, tx, group_of, schedule = prepare_state(model, spec, mesh, seed=seed)
+    params = state.params
     state_sh = jax.tree.map(lambda x: x.sharding, state)
 
     ckpt = Checkpointer(

@@ -33,6 +33,9 @@ STAGE_GROUPS: dict[str, tuple[ParamGroup, ...]] = {
         ParamGroup("text", r"^text/"),
         ParamGroup("heads", r"^(to_vision_latent|to_text_latent|log_scale|logit_bias)(/|$)", weight_decay=False),
     ),
+    # Stand-in for the pretrained LLM a real run loads (model.decoder.hf_dir): the tiny default's random decoder
+    # first learns the report language on its own (text-only task: the volumes are blanked), all weights trained.
+    "lm_pretrain": (ParamGroup("decoder", r"^decoder/"),),
     "align": (ParamGroup("projector", r"^projector/"),),
     "lora": (
         ParamGroup("lora", r"/lora_(a|b)(/|$)"),

@@ -22,6 +22,12 @@ def vlm_answer_loss(model: nnx.Module, batch: dict, *, train: bool):
     return mean * count, count, {}
 
 
+def text_only_loss(model: nnx.Module, batch: dict, *, train: bool):
+    """Answer loss with every volume blanked: the decoder learns report language with no image information
+    (the visual tokens are one constant prefix), standing in for text pre-training of the LLM."""
+    return vlm_answer_loss(model, {**batch, "images": jnp.zeros_like(batch["images"])}, train=train)
+
+
 def clip_loss(model: nnx.Module, batch: dict, *, train: bool):
     """CLIP/SigLIP between volumes and report text (encoder pre-training).
 
@@ -36,4 +42,4 @@ def clip_loss(model: nnx.Module, batch: dict, *, train: bool):
     return loss * n, n, jax.tree.map(jnp.asarray, extras)
 
 
-TASKS = {"vlm": vlm_answer_loss, "clip": clip_loss}
+TASKS = {"vlm": vlm_answer_loss, "text_only": text_only_loss, "clip": clip_loss}

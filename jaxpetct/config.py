@@ -1,0 +1,108 @@
+"""The experiment configuration every file under configs/ starts from (big_vision style: configs are code).
+
+`base_config()` is the embedded tiny default: a synthetic cohort in the release layout, the `regions` dataset,
+a tiny CT-ViT + projector + Mistral-tokenizer decoder, and the paper's two VLM stages (projector alignment,
+then LoRA + projector) shortened to minutes on a laptop CPU. Experiment files copy it and change what differs;
+`launch.py --config.a.b=value` overrides any leaf from the command line.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# The paper's LoRA targets: every linear layer of the decoder.
+ALL_LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def stage(steps: int = 0, *, epochs: float = 0.0, peak_lr: float, **kw) -> ml_collections.ConfigDict:
+    """One training stage. Give `steps`, or `epochs` over the training mixture (steps = ceil(epochs * N / B))."""
+    c = ml_collections.ConfigDict()
+    c.steps = steps
+    c.epochs = epochs
+    c.peak_lr = peak_lr
+    c.warmup_fraction = 0.03
+    c.final_lr_fraction = 0.0
+    c.weight_decay = 0.0
+    c.clip_norm = 1.0
+    c.grad_accum_steps = 1
+    c.log_every = 10
+    c.eval_every = 0
+    c.save_every = 100
+    c.keep = 2
+    c.best_metric = "val_loss"
+    c.init_from = ""  # earlier stage whose final weights start this one ("" = the previous stage in `order`)
+    c.update(kw)
+    return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "default"
+    c.seed = 0
+    # Salt of the pseudonymous study ids. Set your own secret (or $JAXPETCT_SALT) for real data: ids made with a
+    # public salt can be linked back by anyone holding the original names.
+    c.salt = "jaxpetct-synthetic-demo"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # synthetic | release | dicom
+    c.data.manual_dir = ""  # release root or DICOM folder; synthetic: <workdir>/cohort
+    c.data.data_dir = ""  # built TFDS datasets; default <workdir>/tfds
+    c.data.synthetic = ml_collections.ConfigDict(dict(n=96, seed=0, size="tiny"))
+    c.data.record_shape = (32, 64, 64)  # grid the records store (D, H, W); the loader resizes to the encoder input
+    c.data.beam = False
+    c.data.beam_options = ""  # e.g. "runner=DataflowRunner,project=...,region=..." (TFDS syntax)
+    c.data.workers = 0  # DirectRunner processes (0 = CPU count)
+    # Training mixture: (TFDS config, task, weight). The paper's O = regions/report; C adds comparison/comparison.
+    c.data.train_mix = (("regions", "report", 1.0),)
+    c.data.paraphrase_prob = 0.0  # the paper's G: fact-preserving paraphrases of the target report
+    c.data.tokenizer = "mistral-v1"  # or an HF tokenizer directory
+    c.data.template = "mistral"
+    c.data.max_length = 384
+    c.data.buckets = (128, 256, 384)
+    c.data.batch_size = 8  # per host
+    c.data.eval_batch_size = 8
+    c.data.worker_count = 0  # Grain worker processes
+    c.data.image = ml_collections.ConfigDict(dict(channels=("pet", "ct"), pet_mode="linear", pet_max=10.0,
+                                                  out_range="unit"))
+    c.data.augment = ml_collections.ConfigDict(dict(enabled=False))
+
+    c.model = ml_collections.ConfigDict()
+    c.model.encoder = ml_collections.ConfigDict(dict(preset="tiny", channels=2, depth=32, height=64, width=64,
+                                                     patch_size=8, temporal_patch_size=4, dim=32))
+    c.model.projector = ml_collections.ConfigDict(dict(kind="linear", pool=1))
+    c.model.decoder = ml_collections.ConfigDict(dict(preset="tiny", hf_dir=""))
+    c.model.lora = ml_collections.ConfigDict(dict(rank=16, alpha=32.0, dropout=0.05, targets=ALL_LINEARS))
+    c.model.prefix_lm = False
+    c.model.freeze_encoder = True
+    c.model.text_encoder = ml_collections.ConfigDict(dict(preset="tiny", hf_dir=""))  # encoder_pretrain only
+    c.model.clip = ml_collections.ConfigDict(dict(latent_dim=64, loss="clip"))
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    # The paper's VLM stages (align: projector only, lr 2e-3; lora: LoRA + projector, lr 2e-5), at demo length.
+    # The tiny decoder is random, so the default first gives it the report language (lm_pretrain: text only,
+    # all decoder weights) -- the stand-in for the pretrained LLM that real configs load from model.decoder.hf_dir.
+    # "full" trains projector + decoder; "encoder_pretrain" trains CT-ViT against a text encoder (CLIP).
+    c.order = ("lm_pretrain", "align", "lora")
+    c.stages = ml_collections.ConfigDict()
+    c.stages.lm_pretrain = stage(200, peak_lr=3e-3, log_every=10, save_every=100)
+    c.stages.align = stage(150, peak_lr=2e-3, log_every=10, save_every=50)
+    c.stages.lora = stage(300, peak_lr=2e-3, log_every=10, save_every=100, eval_every=100)
+    c.stages.full = stage(300, peak_lr=1e-3, log_every=10, save_every=100, eval_every=100)
+    c.stages.encoder_pretrain = stage(300, peak_lr=1e-4, log_every=10, save_every=100, best_metric="")
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.split = "test"
+    c.eval.val_split = "validation"
+    c.eval.tasks = ("report",)
+    c.eval.max_examples = 0  # 0 = the whole split
+    c.eval.max_new_tokens = 160
+    c.eval.temperature = 0.0
+    c.eval.top_k = 0
+    c.eval.top_p = 1.0
+    c.eval.batch_size = 8
+    c.eval.blank_baseline = True  # also score the same model on blank volumes: does it use the image?
+    c.eval.viewer = True
+    c.eval.bertscore_model = ""  # local RoBERTa/PhoBERT directory; empty = BERTScore skipped
+
+    c.export = ml_collections.ConfigDict(dict(dtype="float32"))
+    return c

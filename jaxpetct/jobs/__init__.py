@@ -1,0 +1,101 @@
+"""The modes of `launch.py`, one function each: synth -> build -> train -> eval -> export (or all of them).
+
+These are the I/O edges of the library: they read a config and a work directory and call the pure pieces of
+each stage (studies, data, models, train, eval). Nothing in jaxpetct imports this package.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+
+from jaxpetct.data.plan import CohortError
+from jaxpetct.jobs.data import ConfigError, build, synth
+from jaxpetct.jobs.evaluation import evaluate, export
+from jaxpetct.jobs.training import train
+
+log = logging.getLogger(__name__)
+
+MODES = ("synth", "build", "train", "eval", "export", "all")
+# Errors that mean "the user's input or config is wrong": launch.py prints them as one line, no traceback.
+USER_ERRORS = (ConfigError, CohortError, FileNotFoundError)
+
+
+def make_run_mesh(cfg):
+    from jaxpetct.parallel.mesh import make_mesh
+
+    return make_mesh(dict(cfg.mesh))
+
+
+def save_config(cfg, workdir: str) -> None:
+    """The resolved config beside the run, so a result can always be traced to what produced it."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(cfg.to_json_best_effort(indent=1))
+    os.replace(tmp, path)
+
+
+def run(mode: str, cfg, workdir: str, *, progress: bool = True) -> dict:
+    """Run one mode (or "all") and return a JSON-able summary of what it did."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; use one of {MODES}")
+    save_config(cfg, workdir)
+    summary: dict = {}
+    steps = ("synth", "build", "train", "eval", "export") if mode == "all" else (mode,)
+    mesh = make_run_mesh(cfg) if any(s in ("train", "eval", "export") for s in steps) else None
+    for step in steps:
+        t0 = time.perf_counter()
+        if step == "synth":
+            summary["synth"] = synth(cfg, workdir)
+        elif step == "build":
+            summary["build"] = {k: {"dir": v.dataset_dir, "examples": v.examples, "quarantined": len(v.quarantined)}
+                                for k, v in build(cfg, workdir, progress=progress).items()}
+        elif step == "train":
+            summary["train"] = train(cfg, workdir, mesh=mesh, progress=progress)
+        elif step == "eval":
+            summary["eval"] = evaluate(cfg, workdir, mesh=mesh, progress=progress)
+        elif step == "export":
+            summary["export"] = export(cfg, workdir, mesh=mesh)
+        summary.setdefault("seconds", {})[step] = round(time.perf_counter() - t0, 1)
+        log.info("%s done in %.1f s", step, summary["seconds"][step])
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, f"summary_{mode}.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1, ensure_ascii=False, default=str)
+        os.replace(path + ".tmp", path)
+    return summary
+
+
+def describe(summary: dict, workdir: str) -> str:
+    """A few human lines about a finished run (the full record is summary_<mode>.json in the workdir)."""
+    lines = [f"run directory: {workdir}"]
+    if summary.get("synth"):
+        lines.append(f"cohort: {summary['synth']['root']} ({summary['synth']['n']} synthetic studies)")
+    for name, b in (summary.get("build") or {}).items():
+        lines.append(f"dataset {name}: {b['examples']} examples, {b['quarantined']} quarantined -> {b['dir']}")
+    for name, s in (summary.get("train") or {}).items():
+        final = s.get("final", {}) if isinstance(s, dict) else {}
+        bits = [f"{k}={final[k]:.4f}" for k in ("loss", "val_loss") if isinstance(final.get(k), (int, float))]
+        lines.append(f"stage {name}: {s.get('steps', s.get('stopped_at'))} steps " + " ".join(bits))
+    ev = summary.get("eval")
+    if ev:
+        for label in ("model", "blank_images"):
+            for task, m in (ev.get(label) or {}).items():
+                lines.append(f"eval {label} [{task}]: " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()))
+        if "val_loss" in ev:
+            lines.append(f"validation loss: {ev['val_loss']:.4f} with the volumes, "
+                         f"{ev['val_loss_blank_images']:.4f} with blank volumes")
+        if ev.get("viewer"):
+            lines.append(f"viewer: {ev['viewer']}")
+    if summary.get("export"):
+        lines.append(f"export: {summary['export']}")
+    if summary.get("seconds"):
+        lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items()))
+    return "\n".join(lines)

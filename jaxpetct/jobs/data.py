@@ -1,0 +1,176 @@
+"""The data side of a run: the cohort on disk, the built TFDS datasets, and the loaders over them.
+
+Everything here is I/O at the edge of the library: it turns a config and a work directory into Grain iterators
+(training), lists of batches (validation loss) and evaluation examples (generation), using only the public
+functions of jaxpetct.studies, jaxpetct.data and jaxpetct.eval.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Iterator, Optional
+
+import jax
+import numpy as np
+
+from jaxpetct.data import pipeline
+from jaxpetct.data.build import BuildSummary, build_dataset
+from jaxpetct.data.inputs import AugmentConfig, ImageConfig, TextConfig, model_images
+from jaxpetct.data.records import as_text
+
+log = logging.getLogger(__name__)
+
+DEMO_SALT = "jaxpetct-synthetic-demo"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says which field and why."""
+
+
+def salt_of(cfg) -> str:
+    """The pseudonym salt: $JAXPETCT_SALT wins; the public demo salt is refused for real patient data."""
+    salt = os.environ.get("JAXPETCT_SALT") or cfg.salt
+    if cfg.data.source != "synthetic" and (not salt or salt == DEMO_SALT):
+        raise ConfigError("data.source is real patient data but the pseudonym salt is the public demo value: set "
+                          "$JAXPETCT_SALT or --config.salt to a secret of your own")
+    return salt
+
+
+def manual_dir(cfg, workdir: str) -> str:
+    if cfg.data.manual_dir:
+        return os.path.abspath(cfg.data.manual_dir)
+    if cfg.data.source != "synthetic":
+        raise ConfigError(f"data.source={cfg.data.source!r} needs data.manual_dir (the release root or DICOM folder)")
+    return os.path.join(os.path.abspath(workdir), "cohort")
+
+
+def data_dir(cfg, workdir: str) -> str:
+    return os.path.abspath(cfg.data.data_dir) if cfg.data.data_dir else os.path.join(os.path.abspath(workdir), "tfds")
+
+
+def synth(cfg, workdir: str) -> Optional[dict]:
+    """Write the synthetic cohort (release layout) once; a finished cohort with the same settings is reused."""
+    if cfg.data.source != "synthetic":
+        log.info("data.source=%s: nothing to synthesise", cfg.data.source)
+        return None
+    from jaxpetct.studies.synthetic import write_cohort
+
+    root = manual_dir(cfg, workdir)
+    wanted = {"n": int(cfg.data.synthetic.n), "seed": int(cfg.data.synthetic.seed), "size": cfg.data.synthetic.size}
+    marker = os.path.join(root, "synthetic_settings.json")
+    if os.path.isfile(marker):
+        with open(marker, encoding="utf-8") as f:
+            if json.load(f) == wanted:
+                log.info("synthetic cohort already at %s", root)
+                return {"root": root, "reused": True, **wanted}
+    summary = write_cohort(root, wanted["n"], wanted["seed"], size=wanted["size"], overwrite=True)
+    tmp = marker + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(wanted, f)
+    os.replace(tmp, marker)
+    return {"root": root, "reused": False, **wanted, "summary": str(summary)}
+
+
+def dataset_names(cfg) -> list[str]:
+    names = [part[0] for part in cfg.data.train_mix]
+    if "regions" not in names:
+        names.append("regions")  # evaluation and validation use the regions records
+    return list(dict.fromkeys(names))
+
+
+def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]] = None) -> dict[str, BuildSummary]:
+    """Build (or reuse) every TFDS config the run needs; returns {config name: summary}."""
+    out = {}
+    for name in names or dataset_names(cfg):
+        out[name] = build_dataset(
+            manual_dir(cfg, workdir), data_dir(cfg, workdir), name, beam=bool(cfg.data.beam),
+            beam_options=cfg.data.beam_options or None, workers=cfg.data.workers or None,
+            volume_shape=tuple(cfg.data.record_shape), salt=salt_of(cfg), seed=int(cfg.seed), progress=progress)
+        for line in out[name].lines():
+            log.info(line)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelIO:
+    """What the loaders must know about the model: its input grid and how many visual tokens it takes."""
+
+    input_shape: tuple  # (C, D, H, W)
+    num_visual_tokens: int
+
+
+def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: int = 0,
+                  batch_size: Optional[int] = None) -> pipeline.LoaderConfig:
+    channels = tuple(cfg.data.image.channels)
+    if len(channels) != io.input_shape[0]:
+        raise ConfigError(f"data.image.channels {channels} give {len(channels)} channels but the encoder takes "
+                          f"{io.input_shape[0]} (model.encoder.channels)")
+    image = ImageConfig(shape=tuple(io.input_shape[1:]), channels=channels, pet_mode=cfg.data.image.pet_mode,
+                        pet_max=float(cfg.data.image.pet_max), out_range=cfg.data.image.out_range)
+    augment = AugmentConfig(**dict(cfg.data.augment)) if train else AugmentConfig()
+    text = TextConfig(template=cfg.data.template, num_image_tokens=io.num_visual_tokens,
+                      max_length=int(cfg.data.max_length), paraphrase_prob=float(cfg.data.paraphrase_prob) if train else 0.0)
+    common = dict(task=task, batch_size=int(batch_size or cfg.data.batch_size), seed=seed,
+                  buckets=tuple(cfg.data.buckets), image=image, augment=augment, text=text,
+                  worker_count=int(cfg.data.worker_count) if train else 0)
+    if train:
+        return pipeline.LoaderConfig(train=True, **common)
+    # Teacher-forced validation loss: training encoding, one ordered pass, the short last batch padded.
+    return pipeline.LoaderConfig(train=True, shuffle=False, num_epochs=1, drop_remainder=False, pad_batch=True,
+                                 **{**common, "augment": AugmentConfig(), "text": dataclasses.replace(text, instruction_variants=False, paraphrase_prob=0.0)})
+
+
+def source(cfg, workdir: str, name: str, split: str):
+    path = build(cfg, workdir, progress=False, names=[name])[name].dataset_dir
+    return pipeline.open_source(path, split)
+
+
+def train_iterator(cfg, workdir: str, io: ModelIO, *, task_override: Optional[str] = None, seed: int = 0):
+    """A checkpointable Grain iterator over this host's shard of the training mixture."""
+    config = loader_config(cfg, io, train=True, seed=seed)
+    parts = [(source(cfg, workdir, name, "train"), task_override or task, float(w)) for name, task, w in cfg.data.train_mix]
+    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+    if len(parts) == 1:
+        ds = pipeline.make_dataset(parts[0][0], cfg.data.tokenizer, dataclasses.replace(config, task=parts[0][1]), **shard)
+    else:
+        ds = pipeline.make_mixture(parts, cfg.data.tokenizer, config, **shard)
+    return iter(ds)
+
+
+def num_train_examples(cfg, workdir: str) -> int:
+    return sum(len(source(cfg, workdir, name, "train")) for name, _, _ in cfg.data.train_mix)
+
+
+def val_batches(cfg, workdir: str, io: ModelIO, *, task: str = "report", split: Optional[str] = None) -> list[dict]:
+    """The validation split as teacher-forced batches (materialised once: it is small and read every eval)."""
+    split = split or cfg.eval.val_split
+    config = loader_config(cfg, io, train=False, task=task, batch_size=cfg.data.eval_batch_size)
+    src = source(cfg, workdir, "regions", split)
+    if len(src) == 0:
+        return []
+    ds = pipeline.make_dataset(src, cfg.data.tokenizer, config, shard_index=jax.process_index(),
+                               shard_count=jax.process_count())
+    return list(iter(ds))
+
+
+def eval_examples(cfg, workdir: str, io: ModelIO, *, split: Optional[str] = None, blank: bool = False) -> Iterator:
+    """Report-generation examples (one per study region) of a split, images decoded as in training.
+
+    `blank=True` gives the same examples with all-zero volumes: the baseline that shows whether the model uses
+    the image at all.
+    """
+    from jaxpetct.eval.runner import EvalExample
+
+    config = loader_config(cfg, io, train=False)
+    src = source(cfg, workdir, "regions", split or cfg.eval.split)
+    limit = int(cfg.eval.max_examples) or len(src)
+    for i in range(min(limit, len(src))):
+        record = src[i]
+        image = model_images(record, config.image, AugmentConfig(), None)
+        if blank:
+            image = np.zeros_like(image)
+        rid = as_text(record["id"]).replace("/", ":")
+        yield EvalExample.report(rid, image, as_text(record["findings"]), region=as_text(record["region"]),
+                                 study_id=as_text(record["study_id"]))

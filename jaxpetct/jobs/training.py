@@ -1,0 +1,165 @@
+"""`--mode train`: the configured stages in order, each starting from the previous stage's final weights.
+
+Each stage lives in `<workdir>/<stage>/` (metrics.jsonl, tensorboard/, checkpoints/, weights/, done.json). A
+stage with done.json is skipped, so re-running a killed `launch.py` continues where it stopped: inside an
+unfinished stage the checkpoint restores state, RNG and data position exactly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxpetct.jobs import data as data_jobs
+from jaxpetct.models.factory import build_clip, build_vlm
+from jaxpetct.train.loop import StageSpec, run_stage
+from jaxpetct.train.tasks import clip_loss, text_only_loss, vlm_answer_loss
+from jaxpetct.train.weights import load_weights, save_weights
+
+log = logging.getLogger(__name__)
+
+VLM_STAGES = ("lm_pretrain", "align", "lora", "full")
+STAGE_NAMES = ("encoder_pretrain", *VLM_STAGES)
+
+
+def stage_dir(workdir: str, name: str) -> str:
+    return os.path.join(os.path.abspath(workdir), name)
+
+
+def weights_dir(workdir: str, name: str) -> str:
+    return os.path.join(stage_dir(workdir, name), "weights")
+
+
+def uses_lora(cfg, name: str) -> bool:
+    """LoRA adapters exist from the `lora` stage on (and in every later VLM stage and at evaluation)."""
+    order = list(cfg.order)
+    if name not in order:
+        return "lora" in order
+    return "lora" in order[: order.index(name) + 1] and int(cfg.model.lora.rank) > 0
+
+
+def model_io(model) -> data_jobs.ModelIO:
+    enc = model.encoder.cfg if hasattr(model, "encoder") else model.vision.cfg
+    return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]))
+
+
+def build_stage_model(cfg, name: str, *, mesh=None):
+    if name == "encoder_pretrain":
+        return build_clip(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh)
+    return build_vlm(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh, with_lora=uses_lora(cfg, name))
+
+
+def init_from(cfg, name: str) -> Optional[str]:
+    scfg = cfg.stages[name]
+    if scfg.init_from:
+        return scfg.init_from
+    order = list(cfg.order)
+    i = order.index(name)
+    return order[i - 1] if i > 0 else None
+
+
+def load_previous(model, cfg, workdir: str, name: str) -> Optional[dict]:
+    prev = init_from(cfg, name)
+    if prev is None:
+        return None
+    if prev == "encoder_pretrain" and name != "encoder_pretrain":
+        return load_weights(model, weights_dir(workdir, prev), prefix_map={"vision/": "encoder/"}, require="encoder/")
+    return load_weights(model, weights_dir(workdir, prev), require="decoder/")
+
+
+def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
+    s = cfg.stages[name]
+    steps = int(s.steps)
+    if s.epochs:
+        global_batch = int(cfg.data.batch_size) * jax.process_count()
+        steps = max(1, math.ceil(float(s.epochs) * n_train / global_batch))
+    if steps < 1:
+        raise data_jobs.ConfigError(f"stages.{name}: give steps or epochs")
+    return StageSpec(name=name, steps=steps, peak_lr=float(s.peak_lr), warmup_fraction=float(s.warmup_fraction),
+                     final_lr_fraction=float(s.final_lr_fraction), weight_decay=float(s.weight_decay),
+                     clip_norm=float(s.clip_norm) if s.clip_norm else None, grad_accum_steps=int(s.grad_accum_steps),
+                     log_every=int(s.log_every), eval_every=int(s.eval_every), save_every=int(s.save_every),
+                     keep=int(s.keep), best_metric=s.best_metric or None)
+
+
+def loss_over(model, batches: list[dict], *, task=vlm_answer_loss, blank: bool = False) -> float:
+    """Token-weighted mean loss of `model` over host batches (validation); `blank` zeroes the volumes."""
+    if not batches:
+        return float("nan")
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def sums(state, batch):
+        m = nnx.merge(graphdef, state)
+        loss_sum, count, _ = task(m, batch, train=False)
+        return loss_sum, count
+
+    total, count = 0.0, 0.0
+    for b in batches:
+        arrays = {k: v for k, v in b.items() if k != "meta"}
+        if blank:
+            arrays["images"] = jnp.zeros_like(arrays["images"])
+        s, c = sums(state, arrays)
+        total, count = total + float(s), count + float(c)
+    return total / max(count, 1.0)
+
+
+def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progress: bool = True,
+          stop_after: Optional[int] = None) -> dict:
+    """Run the configured stages (or `stages`); returns {stage: summary}."""
+    order = list(cfg.order)
+    unknown = [s for s in order if s not in STAGE_NAMES]
+    if unknown:
+        raise data_jobs.ConfigError(f"unknown stages {unknown} in order; known: {STAGE_NAMES}")
+    summaries = {}
+    for name in stages or order:
+        done = os.path.join(stage_dir(workdir, name), "done.json")
+        if os.path.isfile(done):
+            with open(done, encoding="utf-8") as f:
+                summaries[name] = json.load(f)
+            log.info("stage %s already done (%s)", name, done)
+            continue
+        model = build_stage_model(cfg, name, mesh=mesh)
+        loaded = load_previous(model, cfg, workdir, name)
+        io = model_io(model)
+        task_fn, data_task = {"encoder_pretrain": (clip_loss, "clip"),
+                              "lm_pretrain": (text_only_loss, None)}.get(name, (vlm_answer_loss, None))
+        n_train = data_jobs.num_train_examples(cfg, workdir)
+        spec = stage_spec(cfg, name, n_train)
+        it = data_jobs.train_iterator(cfg, workdir, io, task_override=data_task, seed=int(cfg.seed))
+        val = data_jobs.val_batches(cfg, workdir, io, task=data_task or "report")
+        evaluate = (lambda m: {"val_loss": loss_over(m, val, task=task_fn)}) if val else None
+        result = run_stage(model, task_fn, spec, train_iter=it, mesh=mesh, workdir=stage_dir(workdir, name),
+                           seed=int(cfg.seed), evaluate=evaluate, progress=progress, stop_after=stop_after)
+        if result.last_step < spec.steps:
+            log.info("stage %s stopped at step %d of %d", name, result.last_step, spec.steps)
+            summaries[name] = {"stopped_at": result.last_step}
+            break
+        save_weights(result.model, weights_dir(workdir, name))
+        summary = {"stage": name, "steps": spec.steps, "train_examples": n_train,
+                   "initialised_from": init_from(cfg, name), "loaded": len(loaded["loaded"]) if loaded else 0,
+                   "final": result.metrics}
+        if jax.process_index() == 0:
+            tmp = done + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=1)
+            os.replace(tmp, done)
+        summaries[name] = summary
+    return summaries
+
+
+def final_model(cfg, workdir: str, *, mesh=None):
+    """The VLM after the last VLM stage of `order`, with its weights loaded."""
+    vlm_stages = [s for s in cfg.order if s in VLM_STAGES]
+    if not vlm_stages:
+        raise data_jobs.ConfigError("no VLM stage in order: nothing to evaluate or export")
+    last = vlm_stages[-1]
+    model = build_vlm(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh, with_lora=uses_lora(cfg, last))
+    load_weights(model, weights_dir(workdir, last), require="decoder/")
+    return model

@@ -1,0 +1,133 @@
+"""Training behaviour on the synthetic cohort: what each stage may change, that loss falls, mesh independence."""
+import numpy as np
+import jax
+import pytest
+from flax import nnx
+
+from jaxpetct.jobs import data as data_jobs
+from jaxpetct.jobs import training
+from jaxpetct.parallel.mesh import make_mesh
+from jaxpetct.train.checkpoint import Checkpointer, abstract_like
+from jaxpetct.train.loop import StageSpec, prepare_state, run_stage
+from jaxpetct.train.optimizer import ParamGroup, path_str
+from jaxpetct.train.tasks import vlm_answer_loss
+from jaxpetct.train.weights import load_weights
+from jaxpetct.train.writers import read_metrics
+
+
+def one_device():
+    return make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+
+
+def flat(model) -> dict:
+    return {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def changed(before: dict, after: dict) -> set:
+    assert before.keys() == after.keys()
+    return {k for k in before if not np.array_equal(before[k], after[k])}
+
+
+def trained(cfg, workdir, name):
+    model = training.build_stage_model(cfg, name, mesh=one_device())
+    load_weights(model, training.weights_dir(str(workdir), name))
+    return flat(model)
+
+
+def test_align_changes_only_the_projector_and_lora_only_adapters_and_projector(built, tmp_path):
+    _, make_cfg = built
+    cfg = make_cfg(tmp_path)
+    cfg.order = ("align", "lora")
+    mesh = one_device()
+
+    # Same construction path as train() (jit-initialised on the mesh; eager init differs in the last ulp).
+    start = flat(training.build_stage_model(cfg, "align", mesh=mesh))
+    training.train(cfg, str(tmp_path), mesh=mesh, stages=["align"], progress=False)
+    after_align = trained(cfg, tmp_path, "align")
+    moved = changed(start, after_align)
+    assert moved and all(k.startswith("projector/") for k in moved), sorted(moved)[:5]
+    assert moved == {k for k in start if k.startswith("projector/")}  # every projector weight trained
+
+    lora_start = training.build_stage_model(cfg, "lora", mesh=mesh)
+    training.load_previous(lora_start, cfg, str(tmp_path), "lora")
+    lora_start = flat(lora_start)
+    training.train(cfg, str(tmp_path), mesh=mesh, stages=["lora"], progress=False)
+    after_lora = trained(cfg, tmp_path, "lora")
+    moved = changed(lora_start, after_lora)
+    is_lora = lambda k: "/lora/lora_" in k  # noqa: E731
+    assert moved and all(k.startswith("projector/") or is_lora(k) for k in moved), sorted(moved)[:5]
+    assert any(is_lora(k) for k in moved) and any(k.startswith("projector/") for k in moved)
+    # the base decoder and the encoder are bit-for-bit the aligned ones
+    for k in lora_start:
+        if k in after_align:
+            assert np.array_equal(after_align[k], after_lora[k]) or k.startswith("projector/")
+
+
+def _fixed_batch_iter(cfg, workdir, model):
+    io = training.model_io(model)
+    batch = next(data_jobs.train_iterator(cfg, str(workdir), io, seed=0))
+
+    def it():
+        while True:
+            yield batch
+
+    return it()
+
+
+def test_loss_falls_and_a_small_batch_is_overfit(built, tmp_path):
+    _, make_cfg = built
+    cfg = make_cfg(tmp_path)
+    mesh = one_device()
+    # The real stream: the decoder learns the report language (lm_pretrain), loss falls well below its start.
+    cfg.order = ("lm_pretrain",)
+    cfg.stages.lm_pretrain.steps = 30
+    cfg.stages.lm_pretrain.save_every = 30
+    training.train(cfg, str(tmp_path / "stream"), mesh=mesh, progress=False)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "stream" / "lm_pretrain" / "metrics.jsonl")]
+    print("lm_pretrain loss: first", losses[0], "last", losses[-1])
+    assert losses[-1] < 0.7 * losses[0]
+
+    # One fixed batch of 4 answers, decoder + projector trained: memorised.
+    model = training.build_stage_model(cfg, "full")
+    spec = StageSpec("full", steps=60, peak_lr=3e-3, warmup_fraction=0.0, log_every=10, save_every=60,
+                     best_metric=None, async_checkpoints=False)
+    res = run_stage(model, vlm_answer_loss, spec, train_iter=_fixed_batch_iter(cfg, tmp_path, model), mesh=mesh,
+                    workdir=str(tmp_path / "overfit"), progress=False)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "overfit" / "metrics.jsonl")]
+    print("overfit loss: first", losses[0], "last", losses[-1])
+    assert losses[-1] < 0.1 * losses[0]
+
+
+@pytest.mark.slow
+def test_mesh_222_matches_one_device_and_checkpoints_cross_meshes(built, tmp_path):
+    _, make_cfg = built
+    assert len(jax.devices()) >= 8, "tests/conftest.py asks for 8 virtual CPU devices"
+    runs = {}
+    for label, mesh in (("one", one_device()), ("m222", make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))):
+        cfg = make_cfg(tmp_path / label)
+        cfg.order = ("full",)
+        cfg.stages.full.steps = 20
+        cfg.stages.full.save_every = 10
+        cfg.stages.full.peak_lr = 3e-3
+        training.train(cfg, str(tmp_path / label), mesh=mesh, progress=False)
+        runs[label] = [r["loss"] for r in read_metrics(tmp_path / label / "full" / "metrics.jsonl")]
+    diff = np.max(np.abs(np.asarray(runs["one"]) - np.asarray(runs["m222"])))
+    print("max |loss(1 device) - loss(2,2,2)| over 20 steps:", diff)
+    assert len(runs["one"]) == 20 and diff <= 1e-4
+
+    # The (2,2,2) run's checkpoint restores onto one device, and the one-device run's onto (2,2,2).
+    for src, mesh in (("m222", one_device()), ("one", make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))):
+        model = training.build_stage_model(make_cfg(tmp_path / src), "full")
+        _, state, _, _, _ = prepare_state(model, StageSpec("full", steps=20, peak_lr=3e-3), mesh)
+        ckpt = Checkpointer(tmp_path / src / "full" / "checkpoints", save_every=10)
+        restored, meta = ckpt.restore(abstract_like(state))
+        ckpt.close()
+        assert int(restored.step) == 20 and meta["stage"] == "full"
+        target_devices = set(mesh.devices.flat)
+        leaf = jax.tree.leaves(restored.params)[0]
+        assert set(leaf.sharding.device_set) <= target_devices
+        final = training.build_stage_model(make_cfg(tmp_path / src), "full")
+        load_weights(final, training.weights_dir(str(tmp_path / src), "full"))
+        want = flat(final)
+        got = {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(restored.params)}
+        assert got and all(np.array_equal(got[k], want[k]) for k in got)
