@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.lora = ml_collections.ConfigDict(dict(rank=16, alpha=32.0, dropout=0.05, targets=ALL_LINEARS))
     c.model.prefix_lm = False
     c.model.freeze_encoder = True
+    c.model.loss_chunk = 4096  # vocabulary chunk of the training loss (0 = materialise the full logits)
     c.model.text_encoder = ml_collections.ConfigDict(dict(preset="tiny", hf_dir=""))  # encoder_pretrain only
     c.model.clip = ml_collections.ConfigDict(dict(latent_dim=64, loss="clip"))
 

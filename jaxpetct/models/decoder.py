@@ -85,9 +85,12 @@ class Decoder(nnx.Module):
 
     def __call__(self, input_ids: Optional[jax.Array] = None, *, inputs_embeds: Optional[jax.Array] = None,
                  positions: Optional[jax.Array] = None, attention_mask: Optional[jax.Array] = None,
-                 cache: Optional[KVCache] = None, bidirectional_mask: Optional[jax.Array] = None
-                 ) -> tuple[jax.Array, Optional[KVCache]]:
+                 cache: Optional[KVCache] = None, bidirectional_mask: Optional[jax.Array] = None,
+                 return_hidden: bool = False) -> tuple[jax.Array, Optional[KVCache]]:
         """Logits (B, L, vocab) in float32 and the updated cache (None when no cache was given).
+
+        `return_hidden=True` returns the final-norm hidden states (B, L, hidden) instead of logits, for losses
+        that apply `head_weight()` themselves without materialising the logits (models/losses.py).
 
         `attention_mask` (B, L) is True on real tokens; `positions` default to the count of real tokens so far.
         `bidirectional_mask` (B, L) marks tokens of this call that attend to each other in both directions (a
@@ -123,9 +126,17 @@ class Decoder(nnx.Module):
         x = shard(x, ACT)
         x, new_kv = self._run_layers(x, cos, sin, mask, cache)
         x = self.norm(x)
-        logits = shard(self._head(x), ("batch", "length", "act_vocab"))
         new_cache = None if cache is None else cache.append(*new_kv, new_kv_positions)
+        if return_hidden:
+            return x, new_cache
+        logits = shard(self._head(x), ("batch", "length", "act_vocab"))
         return logits, new_cache
+
+    def head_weight(self) -> jax.Array:
+        """The (hidden, vocab) output projection in the compute dtype (the embedding table when tied)."""
+        if self.lm_head is None:
+            return self.embed_tokens.embedding[...].astype(self.cfg.compute_dtype).T
+        return self.lm_head[...].astype(self.cfg.compute_dtype)
 
     def _head(self, x: jax.Array) -> jax.Array:
         if self.lm_head is None:

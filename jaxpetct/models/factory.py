@@ -96,7 +96,8 @@ def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool =
     encoder = CTViT(enc_cfg, rngs=rngs)
     projector = Projector(pcfg, rngs=rngs)
     model = VLM(encoder, projector, decoder, prefix_lm=bool(model_cfg.get("prefix_lm", False)),
-                freeze_encoder=bool(model_cfg.get("freeze_encoder", True)))
+                freeze_encoder=bool(model_cfg.get("freeze_encoder", True)),
+                loss_chunk=int(model_cfg.get("loss_chunk", 4096)))
     lora = lora_config(model_cfg.get("lora")) if with_lora else None
     if lora is not None:
         apply_lora(model.decoder, lora, nnx.Rngs(params=seed + 3, dropout=seed + 4))

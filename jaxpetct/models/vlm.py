@@ -35,6 +35,7 @@ from flax import nnx
 
 from jaxpetct.models.ctvit import CTViT
 from jaxpetct.models.decoder import Decoder
+from jaxpetct.models.losses import chunked_cross_entropy
 from jaxpetct.models.projector import Projector
 from jaxpetct.parallel.rules import shard
 
@@ -119,7 +120,7 @@ class VLM(nnx.Module):
     """``VLM(encoder, projector, decoder)``; see the module docstring for the batch contract and the options."""
 
     def __init__(self, encoder: CTViT, projector: Projector, decoder: Decoder, *, prefix_lm: bool = False,
-                 freeze_encoder: bool = True):
+                 freeze_encoder: bool = True, loss_chunk: int = 4096):
         t, h, w = encoder.cfg.grid
         if projector.cfg.grid != (h, w) or projector.cfg.vision_dim != encoder.cfg.dim:
             raise ValueError(f"projector expects a {projector.cfg.grid} x {projector.cfg.vision_dim} grid, the encoder "
@@ -131,6 +132,7 @@ class VLM(nnx.Module):
         self.num_visual_tokens = t
         self.prefix_lm = prefix_lm
         self.freeze_encoder = freeze_encoder
+        self.loss_chunk = int(loss_chunk)  # vocabulary chunk of the training loss; 0 = materialise full logits
 
     def visual_tokens(self, images: Array) -> Array:
         """(B, C, D, H, W) -> (B, T, d_model) in the decoder's compute dtype."""
@@ -145,8 +147,10 @@ class VLM(nnx.Module):
         return splice_visual_tokens(self.decoder.embed(input_ids), self.visual_tokens(images), image_mask)
 
     def __call__(self, images: Array, input_ids: Array, *, positions: Array, attention_mask: Array,
-                 image_mask: Array, loss_mask: Optional[Array] = None, prefix_mask: Optional[Array] = None) -> Array:
-        """Logits (B, L, vocab) float32. With prefix_lm, the prefix comes from ``prefix_mask`` or ``loss_mask``."""
+                 image_mask: Array, loss_mask: Optional[Array] = None, prefix_mask: Optional[Array] = None,
+                 return_hidden: bool = False) -> Array:
+        """Logits (B, L, vocab) float32 (or final hidden states with ``return_hidden``). With prefix_lm, the
+        prefix comes from ``prefix_mask`` or ``loss_mask``."""
         bidirectional = None
         if self.prefix_lm:
             if prefix_mask is None:
@@ -156,13 +160,24 @@ class VLM(nnx.Module):
                 prefix_mask = prefix_mask_from_loss_mask(attention_mask, loss_mask)
             bidirectional = prefix_mask.astype(bool)
         embeds = self.prompt_embeds(images, input_ids, image_mask)
-        logits, _ = self.decoder(inputs_embeds=embeds, positions=positions, attention_mask=attention_mask,
-                                 bidirectional_mask=bidirectional)
-        return logits
+        out, _ = self.decoder(inputs_embeds=embeds, positions=positions, attention_mask=attention_mask,
+                              bidirectional_mask=bidirectional, return_hidden=return_hidden)
+        return out
 
     def loss(self, batch: Mapping[str, Array]) -> tuple[Array, Array]:
-        """(mean answer cross entropy, target-token count) of a contract batch."""
-        logits = self(batch["images"], batch["input_ids"], positions=batch["positions"],
-                      attention_mask=batch["attention_mask"], image_mask=batch["image_mask"],
-                      loss_mask=batch["loss_mask"])
-        return answer_loss(logits, batch["input_ids"], batch["loss_mask"])
+        """(mean answer cross entropy, target-token count) of a contract batch.
+
+        With ``loss_chunk`` > 0 the logits are never materialised (models/losses.py); the value and gradient
+        equal ``answer_loss`` on full logits up to float rounding.
+        """
+        args = dict(positions=batch["positions"], attention_mask=batch["attention_mask"],
+                    image_mask=batch["image_mask"], loss_mask=batch["loss_mask"])
+        if not self.loss_chunk:
+            logits = self(batch["images"], batch["input_ids"], **args)
+            return answer_loss(logits, batch["input_ids"], batch["loss_mask"])
+        hidden = self(batch["images"], batch["input_ids"], return_hidden=True, **args)
+        weights = batch["loss_mask"][:, 1:].astype(jnp.float32)
+        total = chunked_cross_entropy(hidden[:, :-1], self.decoder.head_weight(), batch["input_ids"][:, 1:], weights,
+                                      chunk=self.loss_chunk)
+        count = weights.sum()
+        return total / jnp.maximum(count, 1.0), count
