@@ -80,7 +80,9 @@ def make_config(config_name: str, volume_shape: Optional[Sequence[int]] = None,
         suffix.append("zlib" if compress else "raw")
     if not changes:
         return cfg
-    return dataclasses.replace(cfg, name="_".join([cfg.name, *suffix]), **changes)
+    note = ", ".join(f"{k}={v}" for k, v in changes.items())
+    return dataclasses.replace(cfg, name="_".join([cfg.name, *suffix]), description=f"{cfg.description} [{note}]",
+                               **changes)
 
 
 def _dir_bytes(path: str) -> int:
