@@ -14,6 +14,7 @@ metadata (the temporal split key), so it adds no identifying power; a full day-m
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -70,8 +71,12 @@ def _date_variants(value: str) -> list[str]:
     return out
 
 
-def _known_value_patterns(values: Iterable[str]) -> list[re.Pattern]:
-    """Folded regexes for each identifying value; components may be re-ordered or re-separated."""
+def _known_value_patterns(values: Iterable[str], name_parts: bool = False) -> list[str]:
+    """Folded regexes for each identifying value; components may be re-ordered or re-separated.
+
+    `name_parts` also matches each part of a person name on its own ("CANARYONE.dcm"): right for paths and
+    messages, wrong for reports, where a given name such as "Bình" is also an ordinary word ("bình thường").
+    """
     pats: set[str] = set()
     for raw in values:
         if raw is None:
@@ -84,21 +89,45 @@ def _known_value_patterns(values: Iterable[str]) -> list[re.Pattern]:
         if len(comps) > 1:  # DICOM PN: Family^Given^Middle: also Vietnamese (family middle given) and given-first
             fam, rest = comps[0], comps[1:]
             variants += [" ".join(comps), " ".join([fam] + rest[1:] + rest[:1]), " ".join(rest + [fam])]
+        if name_parts and "^" in value:  # a person name (PN values always carry a '^', see dicom_scan)
+            variants += [t for c in comps for t in c.split() if len(re.sub(r"[\W_]", "", t)) >= 3]
         for v in variants:
             tokens = [re.escape(t) for t in re.split(r"[\s\^_,]+", fold(v)) if t]
             if tokens:
-                pats.add(_NOT_ALNUM_BEFORE + _SEP.join(tokens) + _NOT_ALNUM_AFTER)
-    # Longest first, so a full name is removed before any of its shorter variants could split it.
-    return [re.compile(p) for p in sorted(pats, key=len, reverse=True)]
+                pats.add(_SEP.join(tokens))
+    # Longest first: alternation takes the first alternative that matches, so a full name wins over a part.
+    return sorted(pats, key=lambda p: (-len(p), p))
 
 
-def _replace_known(text: str, patterns: list[re.Pattern]) -> str:
-    for pat in patterns:
-        folded = fold(text)
-        spans = [m.span() for m in pat.finditer(folded) if m.end() > m.start()]
-        for start, end in reversed(spans):
-            text = text[:start] + PHI_TAG + text[end:]
-    return text
+class Scrubber:
+    """`scrub_text` with its known values compiled once: one study's values scrub many paths and messages.
+
+    Use `name_parts=True` for paths and messages (never for reports, see `_known_value_patterns`)."""
+
+    def __init__(self, known_values: Iterable[str] = (), *, name_parts: bool = False):
+        pats = _known_value_patterns(known_values, name_parts)
+        self._known = (re.compile(_NOT_ALNUM_BEFORE + "(?:" + "|".join(pats) + ")" + _NOT_ALNUM_AFTER)
+                       if pats else None)
+
+    def __call__(self, text: str) -> str:
+        text = unicodedata.normalize("NFC", text)
+        if self._known is not None:
+            spans = [m.span() for m in self._known.finditer(fold(text)) if m.end() > m.start()]
+            for start, end in reversed(spans):
+                text = text[:start] + PHI_TAG + text[end:]
+        for pat, repl in _RULES:
+            if repl == "name2":
+                text = pat.sub(lambda m: _replace_name(m, single_allowed=False), text)
+            elif repl == "name1":
+                text = pat.sub(lambda m: _replace_name(m, single_allowed=True), text)
+            else:
+                text = pat.sub(repl, text)
+        return text
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_scrubber(values: frozenset) -> Scrubber:
+    return Scrubber(values)
 
 
 # ---------------------------------------------------------------------------------------------- patterns
@@ -180,13 +209,4 @@ def _replace_name(m: re.Match, single_allowed: bool) -> str:
 
 def scrub_text(text: str, known_values: Iterable[str] = ()) -> str:
     """Remove identifying content from free text; returns NFC text (the form every comparison uses)."""
-    text = unicodedata.normalize("NFC", text)
-    text = _replace_known(text, _known_value_patterns(known_values))
-    for pat, repl in _RULES:
-        if repl == "name2":
-            text = pat.sub(lambda m: _replace_name(m, single_allowed=False), text)
-        elif repl == "name1":
-            text = pat.sub(lambda m: _replace_name(m, single_allowed=True), text)
-        else:
-            text = pat.sub(repl, text)
-    return text
+    return _cached_scrubber(frozenset(str(v) for v in known_values if v is not None))(text)

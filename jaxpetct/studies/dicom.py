@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from jaxpetct.studies.deid import scrub_text
+from jaxpetct.studies.deid import Scrubber
 from jaxpetct.studies.dicom_scan import (DicomSeriesRef, DicomStudyList, DicomStudyRef, Skipped, describe,
                                          find_dicom_studies, phi_values, quiet, read_dataset)
 from jaxpetct.studies.dicom_series import SeriesError, build_volume
@@ -51,15 +51,19 @@ class _Context:
     study_id: str
     datasets: dict[str, Any]
     unreadable: dict[str, str]
-    scrub: Callable[[str], str]
+    scrub: Callable[[str], str]  # for paths and messages: also single parts of person names
+    scrub_report: Callable[[str], str]  # for clinical text: whole identifying values only
 
     def error(self, file: str, reason: str) -> StudyError:
         return StudyError(self.study_id, self.scrub(file), self.scrub(reason))
 
     def folder(self) -> str:
+        """The study's own folder (or its single file): what a study-level error points at."""
         files = self.ref.files
-        common = posixpath.commonpath(files) if files else "."
-        return common if common and common not in files else (posixpath.dirname(common) or ".")
+        if len(files) == 1:
+            return files[0]
+        common = posixpath.commonpath(files) if files else ""
+        return common or "."
 
 
 def _open(ref: DicomStudyRef, salt: str) -> _Context:
@@ -73,7 +77,7 @@ def _open(ref: DicomStudyRef, salt: str) -> _Context:
             continue
         datasets[rel] = ds
         phi |= phi_values(ds)
-    return _Context(ref, ref.study_id(salt), datasets, unreadable, lambda text: scrub_text(text, phi))
+    return _Context(ref, ref.study_id(salt), datasets, unreadable, Scrubber(phi, name_parts=True), Scrubber(phi))
 
 
 def _candidates(ref: DicomStudyRef, modality: str) -> list[DicomSeriesRef]:
@@ -96,6 +100,10 @@ def _series_volume(ctx: _Context, series: DicomSeriesRef) -> tuple[Volume, list[
         return volume, headers, notes
     units = str(items[0][1].get("Units", "") or "").strip().upper()
     volume, headers, files, notes = build_volume(items, "BQML" if units == "BQML" else "raw")
+    declared = str(headers[0].get("NumberOfSlices", "") or "").strip()
+    if declared.isdigit() and int(declared) != len(files):  # PET states its slice count: a lost edge shows
+        raise SeriesError(files[0], f"PET series has {len(files)} slices but NumberOfSlices is {declared} "
+                                    "(missing or extra files)")
     try:
         with quiet():
             factor = suvbw_factor(pet_dose_from_headers(headers))
@@ -120,11 +128,14 @@ def _pick(ctx: _Context, modality: str) -> tuple[Volume, list[Any], list[str], D
         except SeriesError as exc:
             failures.append(exc)
             continue
+        except Exception as exc:  # malformed values pydicom cannot convert: bad input, never a crash
+            failures.append(SeriesError(series.files[0], f"malformed header ({describe(exc, pathlib.Path('.'))})"))
+            continue
         notes = [f"{name} series #{series.series_number}: {n}" for n in notes]
         notes += [f"{name} series not used: {f.file}: {f.reason}" for f in failures]
         others = [s for s in candidates if s is not series][len(failures):]
-        notes += [f"{name} series #{s.series_number} ({len(s.files)} files) not used: lower in the pick order"
-                  for s in others]
+        notes += [f"{name} series #{s.series_number} ({len(s.files)} files) not used: "
+                  + ("localizer (scout)" if s.is_localizer else "lower in the pick order") for s in others]
         return volume, headers, [ctx.scrub(n) for n in notes], series
     first = failures[0]
     more = f" ({len(failures) - 1} other {name} series unusable too)" if len(failures) > 1 else ""
@@ -192,10 +203,26 @@ def _scrub_report(report: Optional[Report], scrub: Callable[[str], str]) -> Opti
 def load_dicom_study(ref: DicomStudyRef, *, salt: str, report: Optional[Report] = None,
                      report_en: Optional[Report] = None) -> tuple[Study, list[str]]:
     """The study and its notes (series not used, duplicates dropped, implausible values ignored), all scrubbed."""
+    with quiet():
+        return _load(ref, salt, report, report_en)
+
+
+def _load(ref: DicomStudyRef, salt: str, report: Optional[Report],
+          report_en: Optional[Report]) -> tuple[Study, list[str]]:
     ctx = _open(ref, salt)
     ct, ct_headers, ct_notes, _ = _pick(ctx, "CT")
     pet, pet_headers, pet_notes, pet_series = _pick(ctx, "PT")
-    notes = ct_notes + pet_notes
+    try:
+        return _assemble(ctx, ct, ct_headers, pet, pet_headers, pet_series, ct_notes + pet_notes, report, report_en)
+    except StudyError:
+        raise
+    except Exception as exc:  # malformed values in the chosen series' headers
+        raise ctx.error(pet_series.files[0], f"malformed header ({describe(exc, pathlib.Path('.'))})") from None
+
+
+def _assemble(ctx: _Context, ct: Volume, ct_headers: list, pet: Volume, pet_headers: list,
+              pet_series: DicomSeriesRef, notes: list[str], report: Optional[Report],
+              report_en: Optional[Report]) -> tuple[Study, list[str]]:
     ct_for = str(ct_headers[0].get("FrameOfReferenceUID", "") or "")
     pet_for = str(pet_headers[0].get("FrameOfReferenceUID", "") or "")
     pet_file = pet_series.files[0]
@@ -211,7 +238,8 @@ def load_dicom_study(ref: DicomStudyRef, *, salt: str, report: Optional[Report] 
     if metadata.weight_kg is None:
         metadata = dataclasses.replace(metadata, weight_kg=_metadata(pet_headers, notes).weight_kg)
     study = Study(study_id=ctx.study_id, ct=ct, pet=pet_on_ct, metadata=metadata,
-                  report=_scrub_report(report, ctx.scrub), report_en=_scrub_report(report_en, ctx.scrub),
+                  report=_scrub_report(report, ctx.scrub_report),
+                  report_en=_scrub_report(report_en, ctx.scrub_report),
                   source="dicom")
     notes = [ctx.scrub(n) for n in notes]
     for n in notes:
@@ -229,8 +257,9 @@ def read_dicom_volume(ref: DicomStudyRef, modality: str, *, salt: str) -> tuple[
     """One modality on its own grid: "CT" in HU or "PT" in SUVbw (e.g. to inspect a CT-only study)."""
     if modality not in ("CT", "PT"):
         raise ValueError("modality must be 'CT' or 'PT'")
-    ctx = _open(ref, salt)
-    volume, _, notes, _ = _pick(ctx, modality)
+    with quiet():
+        ctx = _open(ref, salt)
+        volume, _, notes, _ = _pick(ctx, modality)
     return volume, notes
 
 

@@ -24,7 +24,7 @@ from typing import Iterable, Optional
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from jaxpetct.studies.deid import pseudonymize, scrub_text
+from jaxpetct.studies.deid import Scrubber, pseudonymize
 from jaxpetct.studies.study import StudyError
 
 log = logging.getLogger(__name__)
@@ -42,16 +42,28 @@ PHI_KEYWORDS = frozenset({
     "StationName", "IssuerOfPatientID", "PatientComments", "AdditionalPatientHistory", "AdmissionID",
     "RequestedProcedureID", "PerformedProcedureStepID", "ScheduledProcedureStepID", "RegionOfResidence",
     "MilitaryRank", "BranchOfService", "Occupation", "DeviceSerialNumber", "StudyDate", "StudyInstanceUID",
-    "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID", "PatientInsurancePlanCodeSequence",
-})
+    "FrameOfReferenceUID",
+})  # Series/SOP instance UIDs are left to the scrubber's UID pattern: thousands per study, never printed
+
+
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
 
 
 @contextlib.contextmanager
 def quiet():
-    """pydicom warns about odd values by quoting them; such warnings would carry PHI into logs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    """pydicom warns and logs about odd values by quoting them ("Invalid value for VR PN: '...'"): such
+    messages would carry PHI into logs, so both channels are muted while we touch data sets."""
+    drop = _DropAll()
+    pydicom_log = logging.getLogger("pydicom")
+    pydicom_log.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_log.removeFilter(drop)
 
 
 def read_dataset(path: pathlib.Path, *, headers_only: bool) -> pydicom.Dataset:
@@ -67,8 +79,20 @@ def read_dataset(path: pathlib.Path, *, headers_only: bool) -> pydicom.Dataset:
             with open(path, "rb") as fh:
                 head = fh.read(4)
             if len(head) == 4 and head[:2] == b"\x08\x00":  # raw dataset starting at (0008,xxxx)
-                return pydicom.dcmread(path, force=True, **kwargs)
+                return _with_transfer_syntax(pydicom.dcmread(path, force=True, **kwargs))
             raise
+
+
+def _with_transfer_syntax(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A raw data set has no file meta; record the encoding it was parsed with, or its pixels cannot decode."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                          pydicom.uid.ExplicitVRLittleEndian if little else
+                                          pydicom.uid.ExplicitVRBigEndian)
+    return ds
 
 
 def describe(exc: BaseException, root: pathlib.Path) -> str:
@@ -80,28 +104,48 @@ def describe(exc: BaseException, root: pathlib.Path) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
+_PHI_TAGS = frozenset(int(pydicom.datadict.tag_for_keyword(k)) for k in PHI_KEYWORDS)
+
+
 def phi_values(ds: pydicom.Dataset) -> set[str]:
-    """Every identifying value in a data set, nested sequences included, as strings (PN also by component)."""
+    """Every identifying value in a data set, nested sequences included, as strings (PN also by component).
+
+    Only identifying elements (and sequences) are decoded: converting every element of every file would cost
+    more than reading the files.
+    """
     out: set[str] = set()
     with quiet():
-        try:
-            for elem in ds.iterall():
-                if elem.keyword not in PHI_KEYWORDS and elem.VR != "PN":
-                    continue
-                if elem.VR == "SQ":
-                    continue
-                values = elem.value if isinstance(elem.value, (list, tuple, pydicom.multival.MultiValue)) \
-                    else [elem.value]
-                for v in values:
-                    if isinstance(v, bytes):
-                        v = v.decode("utf-8", "ignore")
-                    s = str(v).strip(" \x00")
-                    if s:
-                        out.add(s)
-                        out.update(p for p in s.split("=") if p.strip())  # PN alphabetic=ideographic=phonetic
-        except Exception:  # a broken element must not stop collection of the others
-            pass
+        _collect(ds, out, depth=0)
     return out
+
+
+def _collect(ds: pydicom.Dataset, out: set[str], depth: int) -> None:
+    for tag in list(ds.keys()):
+        try:
+            raw = ds.get_item(tag)
+            vr = getattr(raw, "VR", None)
+            if vr is None:
+                vr = pydicom.datadict.dictionary_VR(tag) if pydicom.datadict.dictionary_has_tag(tag) else "UN"
+            if vr == "SQ":
+                if depth < 8:
+                    for item in ds[tag].value:
+                        _collect(item, out, depth + 1)
+                continue
+            if int(tag) not in _PHI_TAGS and vr != "PN":
+                continue
+            value = ds[tag].value
+        except Exception:  # a broken element must not stop collection of the others
+            continue
+        values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+        for v in values:
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "ignore")
+            text = str(v).strip(" \x00")
+            if text and vr == "PN" and "^" not in text:
+                text += "^"  # marks a one-component person name as a name for the scrubber
+            if text:
+                out.add(text)
+                out.update(p for p in text.split("=") if p.strip())  # PN alphabetic=ideographic=phonetic
 
 
 def _tag(ds: pydicom.Dataset, keyword: str) -> str:
@@ -192,6 +236,11 @@ class DicomStudyList(list):
 
 def find_dicom_studies(root) -> DicomStudyList:
     """All studies holding CT or PET images under `root`, in a deterministic order (sorted walk)."""
+    with quiet():
+        return _find(root)
+
+
+def _find(root) -> DicomStudyList:
     root = pathlib.Path(root)
     if not root.is_dir():
         raise StudyError("-", ".", "the DICOM input is not an existing folder")
@@ -246,8 +295,9 @@ def find_dicom_studies(root) -> DicomStudyList:
                 image_type=_multi(first, "ImageType"), corrected_image=_multi(first, "CorrectedImage"),
                 conflict="files of modalities CT and PT share one SeriesInstanceUID (mixed series)"
                 if len(modalities_of[series_uid]) > 1 else ""))
-        studies.append(DicomStudyRef(index, str(root), study_uid, tuple(series)))
-    skipped = [Skipped(scrub_text(s.file, phi), scrub_text(s.reason, phi)) for s in skipped]
+        studies.append(DicomStudyRef(index, os.path.abspath(root), study_uid, tuple(series)))
+    scrub = Scrubber(phi, name_parts=True)
+    skipped = [Skipped(scrub(s.file), scrub(s.reason)) for s in skipped]
     log.info("DICOM scan: %d files, %d studies, %d files skipped", n_files, len(studies), len(skipped))
     for s in skipped:
         log.debug("skipped %s: %s", s.file, s.reason)

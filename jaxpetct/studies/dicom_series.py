@@ -83,7 +83,10 @@ def _check_image(ds: Any, file: str) -> tuple[int, int]:
 
 
 def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, list[Any], list[str], list[str]]:
-    """(volume, headers in slice order, files in slice order, notes) for one series' (file, dataset) pairs."""
+    """(volume, headers in slice order, files in slice order, notes) for one series' (file, dataset) pairs.
+
+    The data sets' pixel data is consumed (dropped once converted) to keep one copy of a study in memory.
+    """
     notes: list[str] = []
     seen: dict[str, str] = {}
     unique = []
@@ -111,8 +114,12 @@ def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, 
     normal = np.cross(row_dir, col_dir)
     normal /= np.linalg.norm(normal)
 
+    rescale0 = ("RescaleSlope" in first, "RescaleIntercept" in first)
     positions = []
     for file, ds in unique:
+        if ("RescaleSlope" in ds, "RescaleIntercept" in ds) != rescale0:
+            raise SeriesError(file, f"mixed series: RescaleSlope/RescaleIntercept present in {first_file} "
+                                    "but not here, or the reverse (values would silently differ)")
         if _check_image(ds, file) != shape0:
             raise SeriesError(file, f"mixed series: image size differs from {first_file}")
         if np.max(np.abs(_numbers(ds, "ImageOrientationPatient", 6, file) - iop0)) > ORIENTATION_TOL:
@@ -138,11 +145,12 @@ def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, 
             raise SeriesError(files[k + 1], f"duplicated slice position: {files[k]} lies at the same position "
                                             "along the slice normal")
         step = float((dist[-1] - dist[0]) / (len(files) - 1))
-        dev = np.abs(steps - step)
+        usual = float(np.median(steps))  # the regular step; a gap is the outlier against it
+        dev = np.abs(steps - usual)
         k = int(np.argmax(dev))
-        if dev[k] > max(SPACING_ABS_TOL, SPACING_REL_TOL * step):
+        if dev[k] > max(SPACING_ABS_TOL, SPACING_REL_TOL * usual):
             raise SeriesError(files[k + 1], f"uneven slice spacing: {steps[k]:.3f} mm from {files[k]}, "
-                                            f"{step:.3f} mm on average (missing slices or a gap)")
+                                            f"{usual:.3f} mm between most slices (missing slices or a gap)")
         deltas = np.diff(pos, axis=0)
         along = deltas @ normal
         across = np.linalg.norm(deltas - along[:, None] * normal[None], axis=1)
@@ -173,6 +181,9 @@ def _modality_values(ds: Any, file: str, shape: tuple[int, int]) -> np.ndarray:
     if stored.shape != shape:
         raise SeriesError(file, f"pixel data shape {stored.shape} does not match Rows/Columns {shape}")
     values = stored.astype(np.float64) * slope + intercept
+    del ds[0x7FE00010]  # the raw bytes and pydicom's decoded copy would double a study's memory
+    if hasattr(ds, "_pixel_array"):
+        ds._pixel_array = None
     if not np.all(np.isfinite(values)):
         raise SeriesError(file, "non-finite pixel values")
     return values

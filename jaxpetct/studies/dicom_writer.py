@@ -93,7 +93,12 @@ class WrittenStudy:
     ct_series_uid: str
     pet_series_uid: str
     frame_of_reference_uid: str
-    files: tuple[pathlib.Path, ...]
+    ct_files: tuple[pathlib.Path, ...]  # in stored slice order (top-down when Layout.reverse_slices)
+    pet_files: tuple[pathlib.Path, ...]
+
+    @property
+    def files(self) -> tuple[pathlib.Path, ...]:
+        return self.ct_files + self.pet_files
 
 
 def _uid(seed: int, *parts: str) -> str:
@@ -268,7 +273,7 @@ def write_dicom_study(out_dir, ct: Volume, pet: Volume, *, patient: PatientTags 
         pet = dataclasses.replace(pet, data=np.asarray(pet.data, np.float64) * bqml_factor(
             acquisition.dose(patient.weight_kg)), units="BQML")
     rng = random.Random(seed)
-    files = []
+    files: list[pathlib.Path] = []
     for modality, vol, series_uid in (("CT", ct, ct_uid), ("PT", pet, pet_uid)):
         if layout.reverse_slices:
             vol = _flip_slices(vol)
@@ -279,4 +284,5 @@ def write_dicom_study(out_dir, ct: Volume, pet: Volume, *, patient: PatientTags 
                 path = root / _relpath(rng, layout, patient, modality, instance)
             _save(ds, path)
             files.append(path)
-    return WrittenStudy(root, study_uid, ct_uid, pet_uid, for_uid, tuple(files))
+    n_ct = ct.shape[0]
+    return WrittenStudy(root, study_uid, ct_uid, pet_uid, for_uid, tuple(files[:n_ct]), tuple(files[n_ct:]))

@@ -12,7 +12,8 @@ pairs each with its findings section, but publishes no formula. Ours is anthropo
   piecewise-linear in H through the `*_knots` (height m, fraction) tables, flat beyond their ends.
 * A cut at depth L falls at slice round((L − top)/dz). Each boundary then widens into `overlap_slices` shared
   slices (half above, half below the cut), and cuts are clamped so every region keeps ≥ `min_core_slices` of its
-  own and the overlap stays inside the volume.
+  own. A volume too short for that (fewer than 3·core + 2·overlap slices, e.g. a tiny synthetic one) gets a
+  smaller overlap, with a note; only one under 3·core slices cannot be split.
 
 Ratios therefore adapt to height twice: through H itself (a taller patient's head–neck spans more millimetres
 and thus more slices of a fixed-spacing scan) and through the proportions. A height missing or outside
@@ -110,18 +111,20 @@ def split_regions(depth: int, slice_mm: float, height_m: Optional[float], config
     if config.overlap_slices < 0 or config.min_core_slices < 1:
         raise ValueError("overlap_slices must be >= 0 and min_core_slices >= 1")
     height, notes = resolve_height(height_m, config)
-    half = config.overlap_slices // 2
-    rest = config.overlap_slices - half
-    lo1 = max(config.min_core_slices, rest)  # room above the first cut for its lower overlap half
-    tail = max(config.min_core_slices, half)  # room below the second cut
-    if depth < lo1 + config.min_core_slices + tail:
-        raise ValueError(f"a volume of {depth} slices is too short for three regions with "
-                         f"{config.overlap_slices} overlapping slices")
+    core = config.min_core_slices
+    if depth < 3 * core:
+        raise ValueError(f"a volume of {depth} slices is too short for three regions of >= {core} slices")
+    overlap = min(config.overlap_slices, (depth - 3 * core) // 2)
+    if overlap < config.overlap_slices:
+        notes += (f"overlap reduced from {config.overlap_slices} to {overlap} slices to fit {depth} slices",)
+    half = overlap // 2
+    rest = overlap - half
+    # Each region keeps >= `core` slices of its own: head [0, c1-rest), chest [c1+half, c2-rest), abdomen [c2+half, D).
     cut1_mm, cut2_mm = anatomical_cuts_mm(height, config)
     c1 = round((cut1_mm - config.scan_top_mm) / slice_mm)
     c2 = round((cut2_mm - config.scan_top_mm) / slice_mm)
-    c1_clamped = min(max(c1, lo1), depth - tail - config.min_core_slices)
-    c2_clamped = min(max(c2, c1_clamped + config.min_core_slices), depth - tail)
+    c1_clamped = min(max(c1, core + rest), depth - half - core - overlap - core)
+    c2_clamped = min(max(c2, c1_clamped + overlap + core), depth - half - core)
     if (c1_clamped, c2_clamped) != (c1, c2):
         notes += (f"anatomical cuts at slices {c1}/{c2} clamped to {c1_clamped}/{c2_clamped} for a {depth}-slice volume",)
     bounds = ((0, c1_clamped + half), (c1_clamped - rest, c2_clamped + half), (c2_clamped - rest, depth))

@@ -211,6 +211,8 @@ def _parse_row(root: str, lineno: int, fields: list[str], enc: ReleaseEncoding) 
                 raise ValueError(f"{col} names a different study than ct_path")
         if row["year"].strip() != str(year):
             raise ValueError("year column disagrees with the PETCT<year> folder")
+        if not row["name"].strip() or any(ord(c) < 32 or ord(c) == 127 for c in row["name"]):
+            raise ValueError("name is empty or holds control characters")
         if row["sex"] not in ("M", "F", ""):
             raise ValueError("sex must be M, F or empty")
         height, weight = _number(row["height"], "height"), _number(row["weight"], "weight")
@@ -255,15 +257,22 @@ def read_manifest(root: str) -> list[ReleaseRef]:
 
 # --- volumes and reports --------------------------------------------------------------------------------------
 
-def _read_volume(ref: ReleaseRef, sid: str, rel: str) -> np.ndarray:
-    path = os.path.join(ref.root, rel)
+def _header(ref: ReleaseRef, sid: str, rel: str) -> npz.NpyHeader:
+    """Shape and dtype from the .npy header alone, so mismatches are found before any voxel is read."""
     try:
-        head = npz.read_header(path)
-        if len(head.shape) != 3 or min(head.shape) < 1:
-            raise npz.NpzError(f"array has shape {head.shape}, expected a non-empty (D, H, W) volume")
-        if head.dtype.kind != "i" or head.dtype.itemsize != 2:
-            raise npz.NpzError(f"array has dtype {head.dtype}, expected int16")
-        return npz.read_array(path)
+        head = npz.read_header(os.path.join(ref.root, rel))
+    except npz.NpzError as e:
+        raise StudyError(sid, rel, str(e)) from None
+    if len(head.shape) != 3 or min(head.shape) < 1:
+        raise StudyError(sid, rel, f"array has shape {head.shape}, expected a non-empty (D, H, W) volume")
+    if head.dtype.kind != "i" or head.dtype.itemsize != 2:
+        raise StudyError(sid, rel, f"array has dtype {head.dtype}, expected int16")
+    return head
+
+
+def _read_volume(ref: ReleaseRef, sid: str, rel: str) -> np.ndarray:
+    try:
+        return npz.read_array(os.path.join(ref.root, rel))
     except npz.NpzError as e:
         raise StudyError(sid, rel, str(e)) from None
 
@@ -307,12 +316,12 @@ def read_release_study(ref: ReleaseRef, *, salt: str) -> Study:
     sid = study_id(ref, salt)
     if ref.problem is not None:
         raise StudyError(sid, MANIFEST, ref.problem)
-    ct = _read_volume(ref, sid, ref.ct_path)
-    pet = _read_volume(ref, sid, ref.pet_path)
-    if ct.shape[0] != pet.shape[0]:
-        raise StudyError(sid, ref.pet_path, f"PET has {pet.shape[0]} slices, CT has {ct.shape[0]}")
-    if ct.shape[1:] != (2 * pet.shape[1], 2 * pet.shape[2]):
-        raise StudyError(sid, ref.pet_path, f"CT in-plane {ct.shape[1:]} is not twice PET in-plane {pet.shape[1:]}")
+    ct_shape, pet_shape = _header(ref, sid, ref.ct_path).shape, _header(ref, sid, ref.pet_path).shape
+    if ct_shape[0] != pet_shape[0]:
+        raise StudyError(sid, ref.pet_path, f"PET has {pet_shape[0]} slices, CT has {ct_shape[0]}")
+    if ct_shape[1:] != (2 * pet_shape[1], 2 * pet_shape[2]):
+        raise StudyError(sid, ref.pet_path, f"CT in-plane {ct_shape[1:]} is not twice PET in-plane {pet_shape[1:]}")
+    ct, pet = _read_volume(ref, sid, ref.ct_path), _read_volume(ref, sid, ref.pet_path)
     report = _read_report(ref, sid, ref.report_path)
     report_en = _read_report(ref, sid, ref.report_en_path) if ref.report_en_path else None
     enc = ref.encoding

@@ -13,7 +13,8 @@ where D_ref is the injected dose decayed to the time the image values refer to:
 
 Injection time: RadiopharmaceuticalStartDateTime when present, else RadiopharmaceuticalStartTime on the scan's
 date; when only times of day are known and the injection time is later than the scan time, the scan crossed
-midnight and the injection is taken on the previous day. An uptake time outside [0, 24 h] is refused.
+midnight and the injection is taken on the previous day. An uptake time that is negative or longer than ten
+half-lives (under 0.1 % of the dose left: 18 h for F-18, days for Zr-89) is refused as a timing error.
 
 Units: BQML is converted; GML (g/ml) is already SUVbw and passes through; CNTS, PROPCNTS, CM2ML (SUVbsa),
 and other vendor units are refused because their scale needs vendor-private tags.
@@ -28,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 F18_HALF_LIFE_S = 6586.2  # 109.77 min
 SUPPORTED_DECAY_CORRECTIONS = ("START", "ADMIN")
-MAX_UPTAKE_S = 24 * 3600.0
+MAX_UPTAKE_HALF_LIVES = 10.0
 _NO_DATE = dt.date(2000, 1, 1)  # stands in when a header carries times of day but no dates
 
 
@@ -77,8 +78,9 @@ def suvbw_factor(dose: PetDose) -> float:
         uptake = dose.uptake_s
         if uptake is None:
             raise SuvError("DecayCorrection START needs the injection time and the series time, one is missing")
-        if not 0.0 <= uptake <= MAX_UPTAKE_S:
-            raise SuvError(f"uptake time {uptake / 60:.1f} min between injection and scan is outside [0, 24 h]")
+        if not 0.0 <= uptake <= MAX_UPTAKE_HALF_LIVES * half_life:
+            raise SuvError(f"uptake time {uptake / 60:.1f} min between injection and scan is negative or longer "
+                           f"than {MAX_UPTAKE_HALF_LIVES:g} half-lives: the times are inconsistent")
         ref_dose = total * decay_factor(uptake, half_life)
     elif mode == "NONE":
         raise SuvError("DecayCorrection NONE (frames not decay corrected) is not supported: per-frame decay timing "

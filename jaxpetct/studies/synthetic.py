@@ -21,9 +21,12 @@ import math
 import os
 import shutil
 import tempfile
+from typing import Optional
+
 import numpy as np
 
 from jaxpetct.studies import npz, phantom, release, splits
+from jaxpetct.studies.deid import pseudonymize
 from jaxpetct.studies.synthetic_reports import SITES, LesionFact, write_reports
 from jaxpetct.text.report import report_to_json
 
@@ -162,16 +165,20 @@ def make_spec(seed: int, index: int, size: SizeSpec) -> StudySpec:
     anat = phantom.make_anatomy(height, weight, depth * size.slice_mm, uptake)
     _, pet_grid = grids(size, depth)
     n_lesions = int(rng.choice(5, p=(0.2, 0.3, 0.25, 0.15, 0.1)))
-    sites = list(SITES)
+    kinds, kind_p = ("lung", "node", "liver", "bone"), (0.3, 0.35, 0.15, 0.2)
+    used: set[str] = set()
     placed: list[phantom.PlacedLesion] = []
     facts: list[LesionFact] = []
-    for site in rng.permutation(sites):
+    for _ in range(4 * n_lesions):
         if len(placed) == n_lesions:
             break
-        site = str(site)
-        if any(p.site[:6] == site[:6] and site.startswith(("lung", "liver")) for p in placed):
-            continue  # one lesion per lung / liver keeps reports unambiguous
-        kind = SITES[site].kind
+        kind = kinds[int(rng.choice(4, p=kind_p))]
+        free = [s for s in SITES if SITES[s].kind == kind and s not in used
+                and not (kind in ("lung", "liver") and any(u[:6] == s[:6] for u in used))]
+        if not free:  # one lesion per lung / liver keeps reports unambiguous
+            continue
+        site = free[int(rng.integers(len(free)))]
+        used.add(site)
         types, (dmin, dmax), suv_range, hu = _KINDS[kind]
         names, probs = zip(*types)
         ltype = str(rng.choice(names, p=probs))
@@ -205,13 +212,21 @@ def render(spec: StudySpec, size: SizeSpec) -> tuple[np.ndarray, np.ndarray]:
     ct_grid, pet_grid = grids(size, spec.depth)
     anat = phantom.make_anatomy(spec.height_m, spec.weight_kg, spec.depth * size.slice_mm, spec.uptake)
     ct = phantom.render_anatomy(anat, ct_grid, "hu")
-    ct += rng.normal(0.0, 8.0, ct.shape).astype(np.float32)
+    noise = rng.standard_normal(ct.shape, dtype=np.float32)
+    noise *= np.float32(8.0)
+    ct += noise
+    del noise
     phantom.render_lesions(ct, ct_grid, spec.lesions, "hu")
     pet = phantom.render_anatomy(anat, pet_grid, "suv")
-    pet *= np.clip(rng.normal(1.0, 0.04, pet.shape), 0.9, 1.1).astype(np.float32)
+    gain = rng.standard_normal(pet.shape, dtype=np.float32)
+    gain *= np.float32(0.04)
+    gain += np.float32(1.0)
+    pet *= np.clip(gain, 0.9, 1.1, out=gain)
     phantom.render_lesions(pet, pet_grid, spec.lesions, "suv")
-    ct16 = np.clip(np.rint(ct), -1024, 3071).astype(np.int16)
-    pet16 = np.clip(np.rint(pet.astype(np.float64) * PET_SCALE), 0, 32767).astype(np.int16)
+    np.rint(ct, out=ct)
+    ct16 = np.clip(ct, -1024, 3071, out=ct).astype(np.int16)
+    pet64 = np.rint(pet.astype(np.float64) * PET_SCALE)
+    pet16 = np.clip(pet64, 0, 32767, out=pet64).astype(np.int16)
     return ct16, pet16
 
 
@@ -225,7 +240,7 @@ def truth_record(spec: StudySpec, size: SizeSpec) -> dict:
                         "region": site.region, "section": site.section, "centre_mm": list(les.shape.centre),
                         "semi_axes_mm": list(les.shape.semi), "pet_voxel": list(pet_idx),
                         "ct_voxel": [pet_idx[0], 2 * pet_idx[1], 2 * pet_idx[2]],
-                        "suvmax": fact.suvmax, "diameters_mm": list(fact.diameters_mm)})
+                        "suvmax": fact.suvmax, "hu": les.hu, "diameters_mm": list(fact.diameters_mm)})
     return {"key": spec.key, "name": spec.name, "height_m": spec.height_m, "depth": spec.depth,
             "slice_mm": size.slice_mm, "lesions": lesions}
 
@@ -306,8 +321,13 @@ class CohortSummary:
 
 
 def write_cohort(out: str, n: int = 24, seed: int = 0, *, size: str = "tiny", dicom: bool = False,
-                 phi_canaries: bool = False, compress: bool = False, overwrite: bool = False) -> CohortSummary:
-    """Write the cohort to `out` (which must not exist, or be empty, unless `overwrite`)."""
+                 phi_canaries: bool = False, compress: bool = False, overwrite: bool = False,
+                 salt: Optional[str] = None) -> CohortSummary:
+    """Write the cohort to `out` (which must not exist, or be empty, unless `overwrite`).
+
+    With `salt`, each truth record also carries the `study_id` that ingestion with that salt will give the
+    study (otherwise use `truth_by_study_id`); the salt itself is never written.
+    """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}")
     if n < 1:
@@ -332,6 +352,8 @@ def write_cohort(out: str, n: int = 24, seed: int = 0, *, size: str = "tiny", di
             if dicom:
                 _write_dicom(tmp, spec, spec_size, ct16, pet16, (vi, en), phi_canaries)
             truth = truth_record(spec, spec_size)
+            if salt:
+                truth["study_id"] = pseudonymize(spec.key, salt)
             truths.append(json.dumps(truth, ensure_ascii=False))
             split = splits.split_of(spec.year, spec.month)
             counts[split] = counts.get(split, 0) + 1
@@ -366,8 +388,6 @@ def read_truth(root: str) -> dict[str, dict]:
 
 
 def truth_by_study_id(root: str, salt: str) -> dict[str, dict]:
-    from jaxpetct.studies.deid import pseudonymize
-
     return {pseudonymize(key, salt): rec for key, rec in read_truth(root).items()}
 
 

@@ -19,7 +19,7 @@ from typing import Literal, Mapping, Optional, Sequence, Union
 from jaxpetct.text import _seeded
 from jaxpetct.text.lesion import Lesion
 from jaxpetct.text.lesion_values import fdg_avid, is_stated, size_mm, suvmax_value
-from jaxpetct.text.prompts import REGION_PHRASES, region_section
+from jaxpetct.text.prompts import REGION_PHRASES, Message, comparison_instruction, image_turn, region_section
 from jaxpetct.text.report import SECTIONS, Report, nfc
 from jaxpetct.text.phrasing import clean_value, describe_lesion, lower_first, upper_first
 
@@ -237,3 +237,11 @@ def comparison_text(prior: Lesions, current: Lesions, *, prior_label: str = "l�
             lead = f"{upper_first(REGION_PHRASES[region])}: " if region is not None else ""
             lines.append(lead + " ".join(said))
     return " ".join(lines)
+
+
+def comparison_messages(prior: Lesions, current: Lesions, seed: Optional[int] = None, *,
+                        prior_label: str = "lần chụp trước") -> list[Message]:
+    """The "C" training conversation: one image turn and the difference text as the answer. The pipeline fills
+    that image with both studies' volumes, prior first, concatenated along depth (the paper's 70 + 70 slices)."""
+    return [Message("user", image_turn(comparison_instruction(seed))),
+            Message("assistant", comparison_text(prior, current, prior_label=prior_label))]

@@ -19,7 +19,7 @@ from jaxpetct.text.lesion import Lesion
 from jaxpetct.text.lesion_values import fdg_avid, is_stated, suvmax_value
 from jaxpetct.text.phrasing import (clean_value, describe_lesion, fdg_clause, lesion_location, lesion_name, lower_first,
                                     upper_first)
-from jaxpetct.text.prompts import IMAGE_PLACEHOLDER, REGION_PHRASES, Message, image_turn, region_section
+from jaxpetct.text.prompts import REGION_PHRASES, Message, image_turn, region_section
 from jaxpetct.text.report import nfc
 
 
@@ -33,12 +33,13 @@ class QAPair:
     answer: str
 
 
-def load_vqa_pairs(path: str | os.PathLike, key: Callable[[str], str] = lambda pid: pid
+def load_vqa_pairs(path: str | os.PathLike, key: Callable[[str], Optional[str]] = lambda pid: pid
                    ) -> tuple[dict[str, list[QAPair]], list[tuple[str, str]]]:
     """Pairs per study key, in file order, from a JSONL of {"patient_id", "question", "answer"}.
 
-    `key` maps the release's patient id to the caller's study key (e.g. its salted pseudonym). Bad lines are
-    skipped and returned as ("<file>:<line>", reason); a missing or unreadable file raises VQAError.
+    `key` maps the release's patient id to the caller's study key (e.g. its salted pseudonym), or to None for
+    a patient outside the cohort. Bad lines and unmapped patients are skipped and returned as
+    ("<file>:<line>", reason), never naming the patient; a missing or unreadable file raises VQAError.
     """
     p = pathlib.Path(path)
     try:
@@ -64,8 +65,11 @@ def load_vqa_pairs(path: str | os.PathLike, key: Callable[[str], str] = lambda p
         if missing:
             skipped.append((where, f"missing or empty field(s): {', '.join(missing)}"))
             continue
-        pairs.setdefault(key(obj["patient_id"]), []).append(QAPair(nfc(obj["question"].strip()),
-                                                                   nfc(obj["answer"].strip())))
+        study = key(obj["patient_id"])
+        if study is None:
+            skipped.append((where, "no study in the cohort for this patient id"))
+            continue
+        pairs.setdefault(study, []).append(QAPair(nfc(obj["question"].strip()), nfc(obj["answer"].strip())))
     return pairs, skipped
 
 
@@ -212,6 +216,3 @@ def lesion_conversations(key: str, lesions: Sequence[Lesion], region: Optional[s
     return group_conversations({key: pairs}, seed, max_turns=max_turns,
                                image=(lambda k: image) if image is not None else (lambda k: k))
 
-
-__all__ = ["IMAGE_PLACEHOLDER", "QAPair", "VQAError", "describe_lesion", "group_conversations", "lesion_qa",
-           "lesion_conversations", "llava_messages", "llava_record", "load_vqa_pairs"]

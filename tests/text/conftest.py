@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import shutil
@@ -32,14 +33,22 @@ def mistral_sp():
     return MistralTokenizer.v1().instruct_tokenizer.tokenizer
 
 
-def _patched_sentencepiece_proto():
-    """sentencepiece 0.2.3 ships protobuf code newer than the installed runtime; transformers' converter only
-    needs the model schema, which transformers also ships. Used while converting, then removed."""
+@contextlib.contextmanager
+def _sentencepiece_proto():
+    """sentencepiece 0.2.3 ships protobuf code newer than the protobuf runtime installed here, which breaks
+    transformers' SentencePiece conversion; transformers carries the same schema, used only while converting."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2  # noqa: F401
+        yield
+        return
+    except Exception:  # protobuf raises its VersionError at import time
+        pass
     import sentencepiece
     from transformers.utils import sentencepiece_model_pb2_new as pb2
 
-    return mock.patch.dict(sys.modules, {"sentencepiece.sentencepiece_model_pb2": pb2}), \
-        mock.patch.object(sentencepiece, "sentencepiece_model_pb2", pb2, create=True)
+    with mock.patch.dict(sys.modules, {"sentencepiece.sentencepiece_model_pb2": pb2}), \
+            mock.patch.object(sentencepiece, "sentencepiece_model_pb2", pb2, create=True):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +59,7 @@ def llama_dir(tmp_path_factory) -> pathlib.Path:
     shutil.copy(mistral_v1_model_file(), src / "tokenizer.model")
     (src / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
-    modules, attribute = _patched_sentencepiece_proto()
-    with modules, attribute:
+    with _sentencepiece_proto():
         tok = AutoTokenizer.from_pretrained(str(src))
     out = tmp_path_factory.mktemp("llama2_hf")
     tok.save_pretrained(str(out))

@@ -163,7 +163,8 @@ def test_comparison_direction_and_identity():
     forward, backward = augment.comparison_text(PRIOR, _current()), augment.comparison_text(_current(), PRIOR)
     assert forward != backward
     assert "kích thước tăng từ 22 x 20 mm lên 31 x 28 mm" in backward and "Xuất hiện mới nốt mờ ở thùy giữa" in backward
-    assert augment.comparison_text(PRIOR, PRIOR) == "Không có thay đổi so với lần chụp trước: 4 tổn thương không thay đổi."
+    same = augment.comparison_text(PRIOR, PRIOR)
+    assert same == "Không có thay đổi so với lần chụp trước: 4 tổn thương không thay đổi."
     assert augment.comparison_text([], []).startswith("Không ghi nhận tổn thương ở cả hai lần chụp")
     grown = [dataclasses.replace(PRIOR["chest"][1], size="2 cm")]
     assert "kích thước tăng từ 10 mm lên 2 cm" in augment.comparison_text(PRIOR["chest"][1:2], grown)
@@ -193,3 +194,13 @@ def test_comparison_of_real_studies_invents_nothing(real_lesions):
         for c in changes:
             if c.kind == "new" and is_stated(c.current.location):
                 assert nfc(c.current.location.strip())[1:].rstrip(".;,: ") in text
+
+
+def test_comparison_messages_encode(mistral):
+    from jaxpetct.text.prompts import encode_conversation
+
+    msgs = augment.comparison_messages(PRIOR, _current(), seed=2)
+    assert msgs[0].content.startswith("<image>\n") and msgs[1].content == augment.comparison_text(PRIOR, _current())
+    enc = encode_conversation(msgs, mistral, num_image_tokens=14)  # 70 + 70 slices: one 140-slice CT-ViT input
+    assert enc.image_mask.sum() == 14
+    assert mistral.decode(enc.input_ids[enc.loss_mask == 1].tolist()) == msgs[1].content

@@ -2,6 +2,7 @@
 templates rendered by transformers (Llama-2, Qwen2), and Meta's Llama-2 per-turn encoding."""
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -26,14 +27,27 @@ CONVERSATIONS = {
 }
 
 
-def _mistral_common(messages, serving=False):
-    from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
-    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+@functools.lru_cache(maxsize=2)
+def _mistral_common_tokenizer(serving: bool):
     from mistral_common.protocol.instruct.validator import ValidationMode
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     mode = ValidationMode.test if serving else ValidationMode.finetuning
-    tok = MistralTokenizer.from_file(str(mistral_v1_model_file()), mode=mode)
+    return MistralTokenizer.from_file(str(mistral_v1_model_file()), mode=mode)
+
+
+@functools.lru_cache(maxsize=4)
+def _auto(directory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _mistral_common(messages, serving=False):
+    from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+    tok = _mistral_common_tokenizer(serving)
     kinds = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
     request = ChatCompletionRequest(messages=[kinds[m.role](content=m.content) for m in messages])
     return tok.encode_chat_completion(request).tokens, tok.instruct_tokenizer.tokenizer
@@ -83,9 +97,7 @@ def _llama2_meta_reference(messages, sp):
 
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 def test_llama2_matches_official_template_and_meta_encoding(llama_dir, mistral_sp, name):
-    from transformers import AutoTokenizer
-
-    auto = AutoTokenizer.from_pretrained(str(llama_dir))
+    auto = _auto(llama_dir)
     msgs = CONVERSATIONS[name]
     as_dicts = [{"role": m.role, "content": m.content} for m in msgs]
     assert render(msgs, "llama2") == auto.apply_chat_template(as_dicts, tokenize=False)
@@ -101,9 +113,7 @@ def test_llama2_matches_official_template_and_meta_encoding(llama_dir, mistral_s
 
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 def test_chatml_matches_qwen2_template(chatml_dir, name):
-    from transformers import AutoTokenizer
-
-    auto = AutoTokenizer.from_pretrained(str(chatml_dir))
+    auto = _auto(chatml_dir)
     tok = load_tokenizer(chatml_dir)
     msgs = CONVERSATIONS[name]
     as_dicts = [{"role": m.role, "content": m.content} for m in msgs]

@@ -62,6 +62,8 @@ def test_bad_lines_are_skipped_with_reasons(tmp_path):
     assert [len(v) for v in pairs.values()] == [2]
     assert skipped == [("pairs.jsonl:2", "not valid JSON"), ("pairs.jsonl:3", "not a JSON object"),
                        ("pairs.jsonl:4", "missing or empty field(s): question")]
+    pairs, skipped = vqa.load_vqa_pairs(f, key=lambda pid: None if pid == "p1" else pid)
+    assert pairs == {} and ("pairs.jsonl:1", "no study in the cohort for this patient id") in skipped
     with pytest.raises(vqa.VQAError, match="missing.jsonl: cannot read"):
         vqa.load_vqa_pairs(tmp_path / "missing.jsonl")
     with pytest.raises(vqa.VQAError, match="turn 0 needs"):
