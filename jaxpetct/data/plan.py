@@ -160,16 +160,11 @@ def read_vqa(root: str, refs, notes: list) -> dict[str, tuple[QAPair, ...]]:
     path = os.path.join(root, VQA)
     if not os.path.isfile(path):
         return {}
-    resolve = _key_resolver(refs)
-    unmatched = "\x00unmatched"
-    try:
-        pairs, skipped = load_vqa_pairs(path, key=lambda pid: resolve(pid) or unmatched)
+    try:  # patient ids naming no single study of the manifest come back as skipped lines
+        pairs, skipped = load_vqa_pairs(path, key=_key_resolver(refs))
     except VQAError as e:
         raise CohortError(str(e)) from None
     notes += [f"{where}: {why}" for where, why in skipped]
-    lost = pairs.pop(unmatched, [])
-    if lost:
-        notes.append(f"{VQA}: {len(lost)} pairs name no single study of the manifest")
     # free text from outside the reader: scrubbed like the reports are
     return {k: tuple(QAPair(scrub_text(qa.question), scrub_text(qa.answer)) for qa in v) for k, v in pairs.items()}
 
