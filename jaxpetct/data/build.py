@@ -57,8 +57,8 @@ def beam_pipeline_options(options: Union[None, str, dict], workers: Optional[int
 def make_config(config_name: str, volume_shape: Optional[Sequence[int]] = None,
                 slice_shape: Optional[Sequence[int]] = None, include_whole_body: Optional[bool] = None,
                 compress: Optional[bool] = None):
-    """A builder config by name; with overrides, a derived config named after its grid (e.g. regions_16x32x32),
-    so a dataset with another grid never lands in the directory of the named one."""
+    """A builder config by name; with overrides, a derived config named after them (regions_16x32x32,
+    regions_paper_zlib), so a dataset with another grid never lands in the directory of the named one."""
     from tfds_builder.vimed_pet.vimed_pet_dataset_builder import Builder
 
     by_name = {c.name: c for c in Builder.BUILDER_CONFIGS}
@@ -80,7 +80,9 @@ def make_config(config_name: str, volume_shape: Optional[Sequence[int]] = None,
         suffix.append("zlib" if compress else "raw")
     if not changes:
         return cfg
-    return dataclasses.replace(cfg, name="_".join([cfg.kind, *suffix]), **changes)
+    note = ", ".join(f"{k}={v}" for k, v in changes.items())
+    return dataclasses.replace(cfg, name="_".join([cfg.name, *suffix]), description=f"{cfg.description} [{note}]",
+                               **changes)
 
 
 def _dir_bytes(path: str) -> int:

@@ -123,8 +123,7 @@ def slice_examples(study: Study, options: BuildOptions) -> Iterator:
 def vqa_examples(study: Study, item: WorkItem, options: BuildOptions) -> list:
     """Conversations from vqa.jsonl (about the whole study), else generated from the lesion lists."""
     sid, meta, shape = study.study_id, records.metadata_fields(study), options.spec.volume_shape
-    whole = None
-    convs = []  # (record, region name, slice range)
+    convs = []  # (LLaVA record, region name, origin, slice range or None for the whole study)
     if item.vqa:
         for rec in group_conversations({sid: list(item.vqa)}, options.seed, max_turns=options.vqa_max_turns,
                                        image=lambda k: sid):
@@ -146,13 +145,12 @@ def vqa_examples(study: Study, item: WorkItem, options: BuildOptions) -> list:
                                         options.seed, max_turns=options.vqa_max_turns,
                                         max_pairs=options.vqa_max_pairs, image=sid):
             convs.append((rec, "study", "generated", None))
-    out, cache = [], {}
-    for rec, region, origin, rng in convs:
-        span = rng or (0, study.ct.shape[0])
-        if span not in cache:
-            cache[span] = _volumes(study, span[0], span[1], shape)
-        whole = cache[span]
-        ex = {"id": rec["id"], **meta, **whole, "image": rec["image"], "region": region,
+    out, volumes = [], {}
+    for rec, region, origin, span in convs:
+        span = span or (0, study.ct.shape[0])
+        if span not in volumes:  # one resize per region, shared by its conversations
+            volumes[span] = _volumes(study, span[0], span[1], shape)
+        ex = {"id": rec["id"], **meta, **volumes[span], "image": rec["image"], "region": region,
               "conversation": json.dumps(rec, ensure_ascii=False), "origin": origin}
         out.append((ex["id"], ex))
     return out

@@ -147,7 +147,7 @@ def task_messages(record: dict, task: str, text: TextConfig, rng: Optional[np.ra
             msgs = [prompts.Message("system", text.system), *msgs]
         answers = [m.content for m in msgs if m.role == "assistant"]
         return msgs, answers[0] if answers else ""
-    if task == "comparison":
+    if task == "comparison":  # the record holds the text comparison_messages would write from the lesion lists
         target = t(record["text"])
         msgs = ([prompts.Message("system", text.system)] if text.system is not None else [])
         msgs += [prompts.Message("user", prompts.image_turn(prompts.comparison_instruction(variant))),

@@ -38,7 +38,10 @@ class LoaderConfig:
     augment: AugmentConfig = AugmentConfig()
     text: TextConfig = TextConfig()
     worker_count: int = 0  # Grain worker processes (0: in-process, as in tests)
-    worker_buffer_size: int = 2
+    worker_buffer_size: int = 2  # batches each worker keeps ready
+    read_threads: int = 2  # threads decoding ahead within a process
+    read_buffer: int = 4  # batches read ahead within a process; Grain's default (500) would hold ~130 GB of
+    #                       paper-size batches
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -110,8 +113,13 @@ def _examples(source, task: str, tokenizer: Any, config: LoaderConfig, shard_ind
 def _batched(ds: grain.MapDataset, tokenizer: Any, config: LoaderConfig) -> grain.IterDataset:
     collate = Collate(tokenizer_for(tokenizer).pad_id, tuple(config.buckets), "right" if config.train else "left",
                       config.batch_size, config.pad_batch)
-    it = ds.batch(config.batch_size, drop_remainder=config.drop_remainder, batch_fn=collate).to_iter_dataset()
+    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=config.read_buffer)
+    it = ds.batch(config.batch_size, drop_remainder=config.drop_remainder, batch_fn=collate).to_iter_dataset(read)
     if config.worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; a non-absl program never parsed them
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count,
                                                          per_worker_buffer_size=config.worker_buffer_size))
     return it

@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxpetct.data.records import RecordSpec
 from jaxpetct.studies import cohort, splits
+from jaxpetct.studies.deid import scrub_text
 from jaxpetct.studies.study import StudyError
 from jaxpetct.text.vqa import QAPair, VQAError, load_vqa_pairs
 
@@ -103,6 +104,17 @@ def _key_resolver(refs):
     return resolve
 
 
+def _scrubbed(obj):
+    """Lesion JSON with every string scrubbed (free text written outside the reader, like the reports)."""
+    if isinstance(obj, str):
+        return scrub_text(obj)
+    if isinstance(obj, dict):
+        return {k: _scrubbed(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_scrubbed(v) for v in obj]
+    return obj
+
+
 def read_lesions(root: str, refs, notes: list) -> dict[str, LesionList]:
     """Lesion lists by study key from the first source present (see the module docstring)."""
     resolve = _key_resolver(refs)
@@ -127,7 +139,7 @@ def read_lesions(root: str, refs, notes: list) -> dict[str, LesionList]:
             if key is None or not isinstance(rec.get("lesions"), list):
                 notes.append(f"{LESIONS}:{n}: names no single study or has no lesion list")
                 continue
-            out[key] = LesionList(tuple(rec["lesions"]))
+            out[key] = LesionList(tuple(_scrubbed(les) for les in rec["lesions"]))
         return out
     folder = os.path.join(root, EXPERT)
     if os.path.isdir(folder):
@@ -140,7 +152,7 @@ def read_lesions(root: str, refs, notes: list) -> dict[str, LesionList]:
             except (ValueError, OSError):
                 continue  # read_expert_set reports badly named files
             if key is not None and isinstance(lesions, list):
-                out[key] = LesionList(tuple(lesions))
+                out[key] = LesionList(tuple(_scrubbed(les) for les in lesions))
     return out
 
 
@@ -148,17 +160,13 @@ def read_vqa(root: str, refs, notes: list) -> dict[str, tuple[QAPair, ...]]:
     path = os.path.join(root, VQA)
     if not os.path.isfile(path):
         return {}
-    resolve = _key_resolver(refs)
-    unmatched = "\x00unmatched"
-    try:
-        pairs, skipped = load_vqa_pairs(path, key=lambda pid: resolve(pid) or unmatched)
+    try:  # patient ids naming no single study of the manifest come back as skipped lines
+        pairs, skipped = load_vqa_pairs(path, key=_key_resolver(refs))
     except VQAError as e:
         raise CohortError(str(e)) from None
     notes += [f"{where}: {why}" for where, why in skipped]
-    lost = pairs.pop(unmatched, [])
-    if lost:
-        notes.append(f"{VQA}: {len(lost)} pairs name no single study of the manifest")
-    return {k: tuple(v) for k, v in pairs.items()}
+    # free text from outside the reader: scrubbed like the reports are
+    return {k: tuple(QAPair(scrub_text(qa.question), scrub_text(qa.answer)) for qa in v) for k, v in pairs.items()}
 
 
 def _check_root(root: str) -> None:

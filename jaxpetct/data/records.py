@@ -79,7 +79,7 @@ class RecordSpec:
     kind: str
     volume_shape: tuple[int, int, int] = (32, 64, 64)  # (D, H, W) of regions/study/vqa volumes, per comparison side
     slice_shape: tuple[int, int] = (64, 64)  # (H, W) of `slices`
-    compress: bool = False  # zlib the volume bytes (paper-size datasets: ~2-4x smaller, slower to read)
+    compress: bool = False  # zlib the volume bytes; ArrayRecord already zstd-compresses each record, so rarely useful
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -156,3 +156,23 @@ def test_build_and_load_in_a_fresh_interpreter_without_tensorflow(cohort, tmp_pa
     n = out.stdout.strip().splitlines()[-1].split(" ", 1)[0]
     assert int(n) == 3 * cohort.split_counts["train"]
     assert "(2, 2, 32, 64, 64) (2, 512)" in out.stdout  # resized to the default encoder grid
+
+
+def test_dicom_root_builds_without_phi(tmp_path):
+    """A DICOM folder (with PHI canary tags and canary text in the report sidecars) builds like a release root."""
+    from jaxpetct.data.pipeline import open_source
+    from jaxpetct.data.records import as_text
+    from jaxpetct.studies import synthetic
+
+    summary = synthetic.write_cohort(str(tmp_path / "manual"), 3, seed=3, dicom=True, phi_canaries=True)
+    built = cf.build(os.path.join(summary.root, "dicom"), str(tmp_path / "data"), "regions")
+    assert built.quarantined == []
+    assert built.examples == {s: 3 * n for s, n in summary.split_counts.items() if n}
+    canaries = ("CANARY", "PIDCANARY", "ACCCANARY", "Ha Noi", "Benh vien")
+    for split in built.examples:
+        src = open_source(built.dataset_dir, split)
+        for i in range(len(src)):
+            rec = src[i]
+            text = " ".join(as_text(v) for v in rec.values() if isinstance(v, bytes))
+            assert not any(c.lower() in text.lower() for c in canaries)
+            assert as_text(rec["source"]) == "dicom" and as_text(rec["findings"])

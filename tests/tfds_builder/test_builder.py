@@ -191,3 +191,34 @@ def test_comparison_uses_both_volumes_and_both_lesion_lists(built, studies, coho
                 return dict(out)
 
             assert T(r["text"]) == comparison_text(by_section(ref_a.key), by_section(ref_b.key))
+
+
+def test_vqa_from_the_release_file_is_bound_to_its_study_and_scrubbed(cohort, studies, tmp_path):
+    import shutil
+
+    root = tmp_path / "manual"
+    shutil.copytree(cohort.root, root)
+    spec = synthetic.make_spec(cf.SEED, 0, synthetic.SIZES["tiny"])
+    canary = synthetic.phi_header(spec)
+    pairs = [("Có tổn thương ở phổi không?", "Không."), ("Hạch cổ có tăng chuyển hóa FDG không?", "Có."),
+             ("Bệnh nhân là ai?", canary)]
+    lines = [json.dumps({"patient_id": "patient_0", "question": q, "answer": a}, ensure_ascii=False) for q, a in pairs]
+    lines += [json.dumps({"patient_id": "patient_999", "question": "?", "answer": "!"}), "not json"]
+    (root / "vqa.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = cf.build(str(root), str(tmp_path / "data"), "vqa")
+    sid = next(s for s, (ref, _) in studies.items() if ref.release.name == "patient_0")
+    found, other_origins = [], set()
+    for split in summary.examples:
+        for r in read_all(summary, split):
+            if T(r["study_id"]) == sid:
+                assert T(r["origin"]) == "release" and T(r["image"]) == sid and T(r["region"]) == "study"
+                found += json.loads(T(r["conversation"]))["conversations"]
+            else:
+                other_origins.add(T(r["origin"]))
+            assert "CANARY" not in T(r["conversation"]).upper()
+    questions = [t["value"].removeprefix("<image>\n") for t in found if t["from"] == "human"]
+    assert sorted(questions) == sorted(q for q, _ in pairs)
+    assert other_origins == {"generated"}
+    with open(f"{summary.dataset_dir}/build_notes.json", encoding="utf-8") as f:
+        notes = json.load(f)["notes"]
+    assert any(n.startswith("vqa.jsonl:4: no study") for n in notes) and any("vqa.jsonl:5" in n for n in notes)
