@@ -24,6 +24,7 @@ def stage(steps: int = 0, *, epochs: float = 0.0, peak_lr: float, **kw) -> ml_co
     c.weight_decay = 0.0
     c.clip_norm = 1.0
     c.grad_accum_steps = 1
+    c.batch_size = 0  # per-host batch of this stage (0 = data.batch_size)
     c.log_every = 10
     c.eval_every = 0
     c.save_every = 100
@@ -74,7 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.prefix_lm = False
     c.model.freeze_encoder = True
     c.model.loss_chunk = 4096  # vocabulary chunk of the training loss (0 = materialise the full logits)
-    c.model.text_encoder = ml_collections.ConfigDict(dict(preset="tiny", hf_dir=""))  # encoder_pretrain only
+    # encoder_pretrain only: the text tower (random tiny RoBERTa over the Mistral vocabulary here; a PhoBERT folder
+    # in hf_dir brings its own weights and tokenizer).
+    c.model.text_encoder = ml_collections.ConfigDict(dict(preset="tiny", vocab_size=32000, pad_token_id=0,
+                                                          max_position_embeddings=514, hf_dir=""))
     c.model.clip = ml_collections.ConfigDict(dict(latent_dim=64, loss="clip"))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -106,4 +110,62 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.bertscore_model = ""  # local RoBERTa/PhoBERT directory; empty = BERTScore skipped
 
     c.export = ml_collections.ConfigDict(dict(dtype="float32"))
+    return c
+
+
+# ---- the paper's table rows --------------------------------------------------------------------------------------
+_LLMS = {
+    # decoder preset, chat template, tokenizer spec. Real runs point model.decoder.hf_dir at the pretrained
+    # weights (and data.tokenizer at their tokenizer directory when it is not Mistral's).
+    "mistral_7b": ("mistral_7b", "mistral", "mistral-v1"),  # LLaVA-Med v1.5 (Mistral-7B-Instruct-v0.2 base)
+    "llama2_7b": ("llama2_7b", "llama2", ""),
+    "qwen2_0_5b": ("qwen2_0_5b", "chatml", ""),
+}
+# The paper's data ablations: O = original reports; +G = fact-preserving paraphrases; +C = study comparisons.
+_MIXES = {
+    "O": ((("regions", "report", 1.0),), 0.0),
+    "OG": ((("regions", "report", 1.0),), 0.5),
+    "OGC": ((("regions", "report", 1.0), ("comparison", "comparison", 0.5)), 0.5),
+}
+
+
+def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.ConfigDict:
+    """CT-ViT (140x480x480, 14 tokens of 24x24x512) + linear projector + a 7B LLM: align then LoRA r64/a16.
+
+    Recipe from the paper: align = projector only, lr 2e-3, 20 epochs, global batch 256, cosine, 3 % warm-up,
+    bf16, max length 2048; lora = LoRA r 64, alpha 16, dropout 0.05 on every linear of the LLM plus the
+    projector, lr 2e-5, 20 epochs. Batches here are per host; set data.batch_size x hosts x grad_accum_steps to
+    the global batch you want (the defaults give 256 and 128 on one host).
+    """
+    if llm not in _LLMS or mix not in _MIXES:
+        raise ValueError(f"llm in {sorted(_LLMS)}, mix in {sorted(_MIXES)}")
+    preset, template, tokenizer = _LLMS[llm]
+    c = base_config()
+    c.name = f"paper_ctvit_{llm}_{mix}"
+    c.salt = ""  # real data: set $JAXPETCT_SALT (refused when empty)
+    c.data.source = "release"
+    c.data.manual_dir = ""  # --config.data.manual_dir=/path/to/ViMed-PET
+    c.data.record_shape = (140, 480, 480)
+    c.data.train_mix, c.data.paraphrase_prob = _MIXES[mix]
+    c.data.tokenizer = tokenizer
+    c.data.template = template
+    c.data.max_length = 2048
+    c.data.buckets = (512, 1024, 2048)
+    c.data.batch_size = 16
+    c.data.eval_batch_size = 8
+    c.data.worker_count = 8
+    c.model.encoder = ml_collections.ConfigDict(dict(preset="paper", channels=2, dtype="bfloat16"))
+    c.model.projector = ml_collections.ConfigDict(dict(kind="linear", pool=1, dtype="bfloat16"))
+    c.model.decoder = ml_collections.ConfigDict(dict(preset=preset, hf_dir="", dtype="bfloat16",
+                                                      param_dtype="float32", scan_layers=True, remat=True))
+    c.model.lora = ml_collections.ConfigDict(dict(rank=64, alpha=16.0, dropout=0.05, targets=ALL_LINEARS))
+    c.order = ("align", "lora")
+    c.stages.align = stage(epochs=20, peak_lr=2e-3, grad_accum_steps=16, save_every=500, log_every=10,
+                           eval_every=1000)
+    c.stages.lora = stage(epochs=20, peak_lr=2e-5, grad_accum_steps=8, save_every=500, log_every=10,
+                          eval_every=1000)
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.eval.max_new_tokens = 512
+    c.eval.tasks = ("report", "vqa") if mix == "OGC" else ("report",)
+    c.eval.batch_size = 16
     return c

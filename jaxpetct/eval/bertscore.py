@@ -39,8 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxpetct.eval.encoder_tokenizer import EncoderTokenizer, EncoderTokenizerError
-from jaxpetct.models.text_encoder import TextEncoderLoadError, load_roberta
+from jaxpetct.text.encoder_tokenizer import EncoderTokenizer, EncoderTokenizerError
+from jaxpetct.models.safetensors_io import CheckpointError
+from jaxpetct.models.text_encoder import load_roberta
 
 KNOWN_LAYERS = {"roberta-base": 10, "roberta-large": 17, "distilroberta-base": 5, "xlm-roberta-base": 9,
                 "xlm-roberta-large": 17, "vinai/phobert-base": 9, "vinai/phobert-large": 17}
@@ -133,7 +134,7 @@ class BertScorer:
         try:
             self.tokenizer = EncoderTokenizer(d, max_length=self._max_tokens(config))
             model = load_roberta(d, add_pooling_layer=False)
-        except (TextEncoderLoadError, EncoderTokenizerError) as e:
+        except (CheckpointError, EncoderTokenizerError) as e:
             raise BertScoreError(f"encoder folder {d.name!r}: {e}") from e
         depth = model.cfg.num_layers
         self.layer = default_layer(depth, config.get("_name_or_path")) if layer is None else int(layer)

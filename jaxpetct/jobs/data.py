@@ -75,8 +75,9 @@ def synth(cfg, workdir: str) -> Optional[dict]:
 
 def dataset_names(cfg) -> list[str]:
     names = [part[0] for part in cfg.data.train_mix]
-    if "regions" not in names:
-        names.append("regions")  # evaluation and validation use the regions records
+    names.append("regions")  # evaluation and validation use the regions records
+    if "vqa" in tuple(cfg.eval.tasks):
+        names.append("vqa")
     return list(dict.fromkeys(names))
 
 
@@ -127,15 +128,28 @@ def source(cfg, workdir: str, name: str, split: str):
     return pipeline.open_source(path, split)
 
 
-def train_iterator(cfg, workdir: str, io: ModelIO, *, task_override: Optional[str] = None, seed: int = 0):
+def text_tokenizer(cfg, task: Optional[str]):
+    """The LLM's tokenizer, or for the CLIP task the text tower's own (a PhoBERT/RoBERTa checkpoint folder)."""
+    if task == "clip" and cfg.model.text_encoder.get("hf_dir"):
+        from jaxpetct.text.encoder_tokenizer import ContentTokenizer
+
+        return ContentTokenizer(cfg.model.text_encoder.hf_dir)
+    if not cfg.data.tokenizer:
+        raise ConfigError("data.tokenizer is empty: set it to 'mistral-v1' or the LLM's tokenizer directory")
+    return cfg.data.tokenizer
+
+
+def train_iterator(cfg, workdir: str, io: ModelIO, *, task_override: Optional[str] = None, seed: int = 0,
+                   batch_size: Optional[int] = None):
     """A checkpointable Grain iterator over this host's shard of the training mixture."""
-    config = loader_config(cfg, io, train=True, seed=seed)
+    config = loader_config(cfg, io, train=True, seed=seed, batch_size=batch_size)
+    tokenizer = text_tokenizer(cfg, task_override)
     parts = [(source(cfg, workdir, name, "train"), task_override or task, float(w)) for name, task, w in cfg.data.train_mix]
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     if len(parts) == 1:
-        ds = pipeline.make_dataset(parts[0][0], cfg.data.tokenizer, dataclasses.replace(config, task=parts[0][1]), **shard)
+        ds = pipeline.make_dataset(parts[0][0], tokenizer, dataclasses.replace(config, task=parts[0][1]), **shard)
     else:
-        ds = pipeline.make_mixture(parts, cfg.data.tokenizer, config, **shard)
+        ds = pipeline.make_mixture(parts, tokenizer, config, **shard)
     return iter(ds)
 
 
@@ -150,13 +164,14 @@ def val_batches(cfg, workdir: str, io: ModelIO, *, task: str = "report", split: 
     src = source(cfg, workdir, "regions", split)
     if len(src) == 0:
         return []
-    ds = pipeline.make_dataset(src, cfg.data.tokenizer, config, shard_index=jax.process_index(),
+    ds = pipeline.make_dataset(src, text_tokenizer(cfg, task), config, shard_index=jax.process_index(),
                                shard_count=jax.process_count())
     return list(iter(ds))
 
 
 def eval_examples(cfg, workdir: str, io: ModelIO, *, split: Optional[str] = None, blank: bool = False) -> Iterator:
-    """Report-generation examples (one per study region) of a split, images decoded as in training.
+    """Evaluation examples of a split, images decoded as in training: report generation (one per study region,
+    from `regions`) and, when eval.tasks has "vqa", multi-turn VQA conversations (from `vqa`).
 
     `blank=True` gives the same examples with all-zero volumes: the baseline that shows whether the model uses
     the image at all.
@@ -164,13 +179,23 @@ def eval_examples(cfg, workdir: str, io: ModelIO, *, split: Optional[str] = None
     from jaxpetct.eval.runner import EvalExample
 
     config = loader_config(cfg, io, train=False)
-    src = source(cfg, workdir, "regions", split or cfg.eval.split)
-    limit = int(cfg.eval.max_examples) or len(src)
-    for i in range(min(limit, len(src))):
-        record = src[i]
-        image = model_images(record, config.image, AugmentConfig(), None)
-        if blank:
-            image = np.zeros_like(image)
-        rid = as_text(record["id"]).replace("/", ":")
-        yield EvalExample.report(rid, image, as_text(record["findings"]), region=as_text(record["region"]),
-                                 study_id=as_text(record["study_id"]))
+    split = split or cfg.eval.split
+    for task, name in (("report", "regions"), ("vqa", "vqa")):
+        if task not in tuple(cfg.eval.tasks):
+            continue
+        src = source(cfg, workdir, name, split)
+        limit = int(cfg.eval.max_examples) or len(src)
+        for i in range(min(limit, len(src))):
+            record = src[i]
+            image = model_images(record, config.image, AugmentConfig(), None)
+            if blank:
+                image = np.zeros_like(image)
+            rid = as_text(record["id"]).replace("/", ":")
+            study = as_text(record["study_id"])
+            if task == "report":
+                yield EvalExample.report(rid, image, as_text(record["findings"]), region=as_text(record["region"]),
+                                         study_id=study)
+            else:
+                conv = json.loads(as_text(record["conversation"]))
+                conv["id"] = rid
+                yield EvalExample.from_llava(conv, image, study_id=study)

@@ -73,11 +73,15 @@ def load_previous(model, cfg, workdir: str, name: str) -> Optional[dict]:
     return load_weights(model, weights_dir(workdir, prev), require="decoder/")
 
 
+def stage_batch_size(cfg, name: str) -> int:
+    return int(cfg.stages[name].get("batch_size", 0) or cfg.data.batch_size)
+
+
 def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
     s = cfg.stages[name]
     steps = int(s.steps)
     if s.epochs:
-        global_batch = int(cfg.data.batch_size) * jax.process_count()
+        global_batch = stage_batch_size(cfg, name) * jax.process_count()
         steps = max(1, math.ceil(float(s.epochs) * n_train / global_batch))
     if steps < 1:
         raise data_jobs.ConfigError(f"stages.{name}: give steps or epochs")
@@ -132,7 +136,8 @@ def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progre
                               "lm_pretrain": (text_only_loss, None)}.get(name, (vlm_answer_loss, None))
         n_train = data_jobs.num_train_examples(cfg, workdir)
         spec = stage_spec(cfg, name, n_train)
-        it = data_jobs.train_iterator(cfg, workdir, io, task_override=data_task, seed=int(cfg.seed))
+        it = data_jobs.train_iterator(cfg, workdir, io, task_override=data_task, seed=int(cfg.seed),
+                                      batch_size=stage_batch_size(cfg, name))
         val = data_jobs.val_batches(cfg, workdir, io, task=data_task or "report")
         evaluate = (lambda m: {"val_loss": loss_over(m, val, task=task_fn)}) if val else None
         result = run_stage(model, task_fn, spec, train_iter=it, mesh=mesh, workdir=stage_dir(workdir, name),

@@ -2,7 +2,7 @@
 
     python -m jaxpetct.studies inspect DICOM_FOLDER [--json]
     python -m jaxpetct.studies inspect RELEASE_ROOT --patient NAME [--json]
-    python -m jaxpetct.studies synth OUT [--n 24] [--seed 0] [--size tiny|paper] [--dicom] [--phi-canaries]
+    python -m jaxpetct.studies synth OUT [--n 24] [--seed 0] [--size tiny|small|paper] [--dicom] [--phi-canaries]
 
 `--patient` takes the manifest name ("patient_12"), or the study key ("PETCT2017/THANG 8/day_1_patient_12")
 when a name repeats across years. Unreadable input exits with status 2 and one line naming the file; nothing
@@ -145,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     syn.add_argument("out")
     syn.add_argument("--n", type=int, default=24)
     syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--size", choices=("tiny", "paper"), default="tiny")
+    syn.add_argument("--size", choices=("tiny", "small", "paper"), default="tiny")
     syn.add_argument("--dicom", action="store_true", help="also write DICOM series (with PHI canary tags)")
     syn.add_argument("--phi-canaries", action="store_true", help="plant canary PHI in the Vietnamese report text")
     syn.add_argument("--compress", action="store_true", help="deflate NPZ members (slower, no memory-mapping)")

@@ -43,7 +43,10 @@ class SizeSpec:
     min_lesion_mm: int = 8
 
 
+# tiny: fastest, lesions of 1-2 PET voxels; small: 6 mm slices and 7.8 mm PET voxels, so a CPU-sized model can see
+# lesions (the embedded default); paper: the release's sizes.
 SIZES = {"tiny": SizeSpec(slice_mm=18.0, ct_matrix=64, min_lesion_mm=14),
+         "small": SizeSpec(slice_mm=6.0, ct_matrix=128, min_lesion_mm=14),
          "paper": SizeSpec(slice_mm=4.0, ct_matrix=512, min_lesion_mm=8)}
 
 _TRAIN = ((2017, 8), (2017, 9), (2018, 3), (2018, 7), (2019, 5), (2019, 6), (2023, 3), (2023, 6))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxpetct.eval.bertscore import SKIP_MESSAGE, BertScoreError, BertScorer, compute_bertscore, default_layer
-from jaxpetct.eval.encoder_tokenizer import EncoderTokenizer
+from jaxpetct.text.encoder_tokenizer import EncoderTokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

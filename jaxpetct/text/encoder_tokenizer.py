@@ -141,3 +141,16 @@ class EncoderTokenizer:
     def encode(self, text: str) -> list[int]:
         body = self.content_ids(text)[: max(self.max_length - 2, 0)]
         return [self.cls_id, *body, self.sep_id]
+
+
+class ContentTokenizer:
+    """An encoder tokenizer behind the project's Tokenizer protocol (encode = content ids, bos/eos = cls/sep), so
+    the data pipeline can tokenise report text for the CLIP text tower exactly as the checkpoint expects."""
+
+    def __init__(self, directory, *, max_length: Optional[int] = None):
+        self._tok = EncoderTokenizer(directory, max_length=max_length)
+        self.name = self._tok.name
+        self.bos_id, self.eos_id, self.pad_id = self._tok.cls_id, self._tok.sep_id, self._tok.pad_id
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.content_ids(text)

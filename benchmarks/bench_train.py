@@ -1,0 +1,113 @@
+"""Training-step throughput of the real VLM train step: tokens/s, step time, MFU, compiled memory.
+
+Runs the same pieces `launch.py` trains with (factory -> stage split -> optimizer -> jitted, sharded, donated
+train step over a mesh of every local device) on random batches of the VLM batch contract, so the figure is
+what a training run gets minus data loading.
+
+    python benchmarks/bench_train.py                      # tiny default, CPU-sized
+    python benchmarks/bench_train.py --decoder qwen2_0_5b --encoder paper --batch 8 --length 2048 --dtype bfloat16
+    python benchmarks/bench_train.py --decoder mistral_7b --stage lora --batch 8 --length 2048 --dtype bfloat16 \
+        --remat --json out.json      # the paper's stage-3 shape (LoRA r64 on all linears)
+
+MFU counts the FLOPs XLA compiled for the step (vision tower, attention and remat recomputation included) over
+the device's bf16 peak; it is blank on CPUs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--decoder", default="tiny", help="decoder preset (tiny, qwen2_0_5b, mistral_7b, ...)")
+    p.add_argument("--encoder", default="tiny", choices=["tiny", "paper"])
+    p.add_argument("--stage", default="lora", choices=["align", "lora", "full"])
+    p.add_argument("--lora-rank", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--length", type=int, default=256)
+    p.add_argument("--answer", type=int, default=0, help="answer tokens per row (default: 3/4 of the length)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--remat", action="store_true")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--mesh", default="data=-1", help="e.g. data=1,fsdp=-1,tensor=1")
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def model_config(a) -> dict:
+    enc = {"preset": a.encoder, "channels": 2, "dtype": a.dtype}
+    dec = {"preset": a.decoder, "dtype": a.dtype, "param_dtype": "float32", "scan_layers": True, "remat": a.remat}
+    return {"encoder": enc, "decoder": dec, "projector": {"kind": "linear", "pool": 1 if a.encoder == "tiny" else 2,
+                                                         "dtype": a.dtype},
+            "lora": {"rank": a.lora_rank, "alpha": 16.0, "dropout": 0.05}}
+
+
+def batch(input_shape, t: int, vocab: int, a, rng) -> dict:
+    c, d, h, w = input_shape
+    answer = a.answer or (3 * a.length) // 4
+    ids = rng.integers(3, vocab, size=(a.batch, a.length)).astype(np.int32)
+    image_mask = np.zeros((a.batch, a.length), bool)
+    image_mask[:, 1:1 + t] = True
+    loss_mask = np.zeros((a.batch, a.length), np.float32)
+    loss_mask[:, a.length - answer:] = 1.0
+    return {"images": rng.random((a.batch, c, d, h, w), dtype=np.float32), "input_ids": ids,
+            "positions": np.tile(np.arange(a.length, dtype=np.int32), (a.batch, 1)),
+            "attention_mask": np.ones((a.batch, a.length), bool), "image_mask": image_mask, "loss_mask": loss_mask}
+
+
+def main(argv=None) -> dict:
+    from jaxpetct.models.factory import build_vlm
+    from jaxpetct.parallel.mesh import make_mesh
+    from jaxpetct.train import perf
+    from jaxpetct.train.loop import StageSpec, batch_sharding, prepare_state, to_global
+    from jaxpetct.train.step import make_train_step
+    from jaxpetct.train.tasks import vlm_answer_loss
+
+    a = parse(argv)
+    mesh = make_mesh({k: int(v) for k, v in (kv.split("=") for kv in a.mesh.split(","))})
+    model = build_vlm(model_config(a), seed=0, mesh=mesh, with_lora=a.stage == "lora")
+    shape, t, vocab = model.encoder.cfg.input_shape, model.num_visual_tokens, model.decoder.cfg.vocab_size
+    spec = StageSpec(a.stage, steps=1000, peak_lr=1e-4)
+    graphdef, state, tx, _, _ = prepare_state(model, spec, mesh)
+    del model
+    host = batch(shape, t, vocab, a, np.random.default_rng(0))
+    b_sh = batch_sharding(mesh, host)
+    glob = to_global(host, b_sh)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    with jax.set_mesh(mesh):
+        step = jax.jit(make_train_step(graphdef, vlm_answer_loss, tx), in_shardings=(state_sh, b_sh),
+                       out_shardings=(state_sh, None), donate_argnums=(0,))
+        t0 = time.perf_counter()
+        compiled = step.lower(state, glob).compile()
+        compile_s = time.perf_counter() - t0
+        state, metrics = compiled(state, glob)  # warm-up
+        jax.block_until_ready(metrics)
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            state, metrics = compiled(state, glob)
+        jax.block_until_ready(metrics)
+    step_s = (time.perf_counter() - t0) / a.steps
+    flops = perf.compiled_flops(compiled)
+    row = {"decoder": a.decoder, "encoder": a.encoder, "stage": a.stage, "dtype": a.dtype, "batch": a.batch,
+           "length": a.length, "devices": len(jax.devices()), "device": jax.devices()[0].device_kind,
+           "step_s": step_s, "tokens_per_s": a.batch * a.length / step_s, "compile_s": compile_s,
+           "tflops_per_step_per_device": (flops or 0) / 1e12, "mfu": perf.mfu(flops, step_s),
+           "memory_gib": (perf.compiled_memory_bytes(compiled) or 0) / 2**30, "loss": float(metrics["loss"])}
+    print("| decoder | encoder | stage | dtype | batch x len | device | step (s) | tokens/s | MFU | memory (GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    mfu = "" if row["mfu"] is None else f"{100 * row['mfu']:.1f} %"
+    print(f"| {a.decoder} | {a.encoder} | {a.stage} | {a.dtype} | {a.batch}x{a.length} | {row['devices']}x "
+          f"{row['device']} | {step_s:.3f} | {row['tokens_per_s']:.0f} | {mfu} | {row['memory_gib']:.2f} |")
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as f:
+            json.dump(row, f, indent=1)
+    return row
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""CT-ViT + Mistral-7B (O+G) on one 8-GPU node (the paper used 4 GPUs with DeepSpeed): mesh fsdp 8.
+
+    JAXPETCT_SALT=... python launch.py --config configs/pods/gpu_1x8_h100.py --workdir runs/h100x8 \\
+        --config.data.manual_dir=/data/vimed --config.model.decoder.hf_dir=/models/llava-med-v1.5-mistral-7b
+"""
+from jaxpetct.config import paper_config
+
+
+def get_config(arg=None):
+    c = paper_config("mistral_7b", "OG")
+    c.name = "pod_gpu_1x8_h100"
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 8, 1
+    c.data.batch_size = 32
+    c.stages.align.grad_accum_steps = 8  # 256
+    c.stages.lora.grad_accum_steps = 4  # 128
+    return c

@@ -1,0 +1,18 @@
+"""CT-ViT + Mistral-7B (O+G) on 2 nodes x 8 H100/H200 under SLURM: mesh data 2 x fsdp 8 (FSDP inside a node's
+NVLink domain, data parallel across nodes). One process per node; SLURM's variables start jax.distributed.
+
+    srun --nodes=2 --ntasks-per-node=1 --gpus-per-node=8 bash -c "JAXPETCT_SALT=... \\
+        python launch.py --config configs/pods/gpu_2x8_h100_slurm.py --workdir /shared/runs/h100 \\
+        --config.data.manual_dir=/shared/vimed --config.model.decoder.hf_dir=/shared/models/llava-med-mistral-7b"
+"""
+from jaxpetct.config import paper_config
+
+
+def get_config(arg=None):
+    c = paper_config("mistral_7b", "OG")
+    c.name = "pod_gpu_2x8_h100"
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 8, 1
+    c.data.batch_size = 16  # per node: 32 global per micro-batch
+    c.stages.align.grad_accum_steps = 8  # 256 global
+    c.stages.lora.grad_accum_steps = 4  # 128 global
+    return c
