@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 $(TF_STAMP): $(STAMP)
 	$(PYTHON) -m venv $(VENV_TF)
 	$(PY) -c "import site; print(site.getsitepackages()[0])" > "$$($(VENV_TF)/bin/python -c 'import site; print(site.getsitepackages()[0])')/jaxpetct-base.pth"
-	$(VENV_TF)/bin/python -m pip install -q tensorflow-cpu dill
+	$(VENV_TF)/bin/python -m pip install -q tensorflow-cpu dill mlcroissant
+	$(VENV_TF)/bin/python -m pip install -q --no-deps --ignore-installed "$$($(PY) -m pip show tensorflow-datasets | sed -n "s/^Version: /tensorflow-datasets==/p")"
 	touch $(TF_STAMP)
 
 install: $(STAMP)

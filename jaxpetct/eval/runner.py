@@ -32,6 +32,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from jaxpetct.atomic import write_text
 from jaxpetct.eval.clinical import clinical_f1
 from jaxpetct.eval.lesions import extract_lesions
 from jaxpetct.eval.metrics import compute_text_metrics
@@ -177,17 +178,6 @@ class _Run:
                     self.sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def task_metrics(records: Sequence[dict], task: str, *, bertscorer=None) -> dict:
@@ -283,5 +273,5 @@ def evaluate(model: VLM, tokenizer: Tokenizer, examples: Iterable[EvalExample], 
         "timing": {"seconds": seconds, "tokens_per_second": run.tokens / seconds if seconds > 0 else 0.0},
     }
     if writer:
-        _atomic_write(out / METRICS, json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")
+        write_text(out / METRICS, json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")
     return metrics

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import os
 import pathlib
-import tempfile
 from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from jaxpetct.atomic import write_text
 from jaxpetct.eval.clinical import clinical_f1
 from jaxpetct.eval.lesions import extract_lesions
 from jaxpetct.eval.png import data_uri, encode_png
@@ -164,17 +163,6 @@ def render_page(page: StudyPage) -> tuple[str, dict]:
                  "reference_lesions": len(ref_les), "F1-T": f1["F1-T"], "F1-TPF": f1["F1-TPF"]}
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _index(entries: Sequence[dict], skipped: Sequence[dict]) -> str:
@@ -201,9 +189,9 @@ def write_viewer(pages: Iterable[StudyPage], out_dir) -> dict:
             sid = page.study_id if PSEUDONYM.fullmatch(str(page.study_id)) else "-"
             skipped.append({"study_id": sid, "reason": str(e) if sid != "-" else "study id is not a pseudonym"})
             continue
-        _atomic_write(out / entry["page"], doc)
+        write_text(out / entry["page"], doc)
         entries.append(entry)
-    _atomic_write(out / "index.html", _index(entries, skipped))
+    write_text(out / "index.html", _index(entries, skipped))
     return {"index": str(out / "index.html"), "pages": entries, "skipped": skipped}
 
 

@@ -77,7 +77,8 @@ def describe(summary: dict, workdir: str) -> str:
     """A few human lines about a finished run (the full record is summary_<mode>.json in the workdir)."""
     lines = [f"run directory: {workdir}"]
     if summary.get("synth"):
-        lines.append(f"cohort: {summary['synth']['root']} ({summary['synth']['n']} synthetic studies)")
+        n = summary["synth"].get("n")
+        lines.append(f"cohort: {summary['synth']['root']}" + (f" ({n} synthetic studies)" if n else " (existing)"))
     for name, b in (summary.get("build") or {}).items():
         lines.append(f"dataset {name}: {b['examples']} examples, {b['quarantined']} quarantined -> {b['dir']}")
     for name, s in (summary.get("train") or {}).items():

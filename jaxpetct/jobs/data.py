@@ -65,6 +65,12 @@ def synth(cfg, workdir: str) -> Optional[dict]:
             if json.load(f) == wanted:
                 log.info("synthetic cohort already at %s", root)
                 return {"root": root, "reused": True, **wanted}
+    elif os.path.isdir(root) and os.listdir(root):
+        # Never overwrite a folder this job did not write (it may be a cohort the user made by hand, or data).
+        if os.path.isfile(os.path.join(root, "metadata.csv")):
+            log.info("using the existing cohort at %s (not written by this job: left as it is)", root)
+            return {"root": root, "reused": True, "n": None}
+        raise ConfigError(f"data.manual_dir {root} is not empty and holds no cohort: refusing to write into it")
     summary = write_cohort(root, wanted["n"], wanted["seed"], size=wanted["size"], overwrite=True)
     tmp = marker + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -81,7 +87,8 @@ def dataset_names(cfg) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]] = None) -> dict[str, BuildSummary]:
+def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]] = None,
+          quiet: bool = False) -> dict[str, BuildSummary]:
     """Build (or reuse) every TFDS config the run needs; returns {config name: summary}."""
     out = {}
     for name in names or dataset_names(cfg):
@@ -89,7 +96,7 @@ def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]
             manual_dir(cfg, workdir), data_dir(cfg, workdir), name, beam=bool(cfg.data.beam),
             beam_options=cfg.data.beam_options or None, workers=cfg.data.workers or None,
             volume_shape=tuple(cfg.data.record_shape), salt=salt_of(cfg), seed=int(cfg.seed), progress=progress)
-        for line in out[name].lines():
+        for line in ([] if quiet else out[name].lines()):
             log.info(line)
     return out
 
@@ -124,7 +131,7 @@ def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: 
 
 
 def source(cfg, workdir: str, name: str, split: str):
-    path = build(cfg, workdir, progress=False, names=[name])[name].dataset_dir
+    path = build(cfg, workdir, progress=False, names=[name], quiet=True)[name].dataset_dir
     return pipeline.open_source(path, split)
 
 

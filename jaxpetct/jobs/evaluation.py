@@ -12,6 +12,7 @@ import os
 
 import jax
 
+from jaxpetct.atomic import write_text
 from jaxpetct.eval.runner import evaluate as run_eval
 from jaxpetct.eval.vlm_generate import DecodingConfig
 from jaxpetct.jobs import data as data_jobs
@@ -32,10 +33,7 @@ def _headline(metrics: dict) -> dict:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def evaluate(cfg, workdir: str, *, mesh=None, progress: bool = True) -> dict:

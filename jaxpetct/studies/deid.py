@@ -184,7 +184,7 @@ _RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(rf"(?<!\w)({_ci(_HONORIFIC)})(?=[.:\-\s])(\.?[ \t]*[:\-]?[ \t]*)({_NAME})(?!\w)"), "name2"),
     (re.compile(rf"(?<!\w)({_ci(_NAME_LABEL)})(\s*:[ \t]*)({_SINGLE_NAME})(?!\w)"), "name1"),
     (re.compile(rf"(?<!\w)({_ci(_ADDRESS_LABEL)})(\s*:?\s*)[^\n;]+?(?=\.\s|\.$|[\n;]|$)"), r"\1\2" + ADDRESS_TAG),
-    (re.compile(rf"(?<!\w)(?i:số nhà|ngõ|ngách|hẻm|kiệt)\s+\d+[\w/]*"), ADDRESS_TAG),
+    (re.compile(r"(?<!\w)(?i:số nhà|ngõ|ngách|hẻm|kiệt)\s+\d+[\w/]*"), ADDRESS_TAG),
     (re.compile(rf"(?<!\w)(?i:phường|quận|huyện|thị xã|thị trấn|tỉnh|thành phố|thôn|xóm|ấp)\s+"
                 rf"(?:\d+|{_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,3}})(?!\w)"), ADDRESS_TAG),
     (re.compile(rf"(?<!\w)(?:TP\.?|Tp\.?)\s*(?:HCM\b|{_NAME_WORD}(?:[ \t]+{_NAME_WORD}){{0,3}})"), ADDRESS_TAG),

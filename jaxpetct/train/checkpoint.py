@@ -21,6 +21,16 @@ from orbax.checkpoint import checkpoint_managers as ocp_cm
 
 log = logging.getLogger(__name__)
 
+
+class _NoMissingMetricWarning(logging.Filter):
+    """Orbax warns on every save without metrics when best-by-metric is on; most steps have no val_loss by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMissingMetricWarning())
+
 _STATE, _DATA, _META = "state", "data", "meta"
 
 

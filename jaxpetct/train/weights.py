@@ -80,7 +80,12 @@ def load_weights(
             src_shape = tuple(getattr(tree_meta[n], "shape", abstract[n].shape))
             if src_shape != abstract[n].shape:
                 raise ValueError(f"{directory}: weight {n} has shape {src_shape}, the model's {m} is {abstract[n].shape}")
-        restored = ckptr.restore(directory, abstract, strict=False) if abstract else {}
+    restored = {}
+    if abstract:  # only the wanted subset is read (partial restore), each array straight into its sharding
+        with ocp.PyTreeCheckpointer() as reader:
+            restored = reader.restore(directory, args=ocp.args.PyTreeRestore(
+                item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True))
     for n, m in wanted.items():
         targets[m].set_value(restored[n])
     loaded = sorted(wanted.values())

@@ -9,7 +9,7 @@ from jaxpetct.jobs import training
 from jaxpetct.parallel.mesh import make_mesh
 from jaxpetct.train.checkpoint import Checkpointer, abstract_like
 from jaxpetct.train.loop import StageSpec, prepare_state, run_stage
-from jaxpetct.train.optimizer import ParamGroup, path_str
+from jaxpetct.train.optimizer import path_str
 from jaxpetct.train.tasks import vlm_answer_loss
 from jaxpetct.train.weights import load_weights
 from jaxpetct.train.writers import read_metrics
@@ -91,7 +91,7 @@ def test_loss_falls_and_a_small_batch_is_overfit(built, tmp_path):
     model = training.build_stage_model(cfg, "full")
     spec = StageSpec("full", steps=60, peak_lr=3e-3, warmup_fraction=0.0, log_every=10, save_every=60,
                      best_metric=None, async_checkpoints=False)
-    res = run_stage(model, vlm_answer_loss, spec, train_iter=_fixed_batch_iter(cfg, tmp_path, model), mesh=mesh,
+    run_stage(model, vlm_answer_loss, spec, train_iter=_fixed_batch_iter(cfg, tmp_path, model), mesh=mesh,
                     workdir=str(tmp_path / "overfit"), progress=False)
     losses = [r["loss"] for r in read_metrics(tmp_path / "overfit" / "metrics.jsonl")]
     print("overfit loss: first", losses[0], "last", losses[-1])

@@ -1,0 +1,57 @@
+"""launch.py end to end on a shrunk default: every mode runs, writes what the README says, and fails cleanly."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def launch(args, env, timeout=900):
+    return subprocess.run([sys.executable, os.path.join(REPO, "launch.py"), "--noprogress", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_launch_all_modes_on_the_synthetic_cohort(built, subprocess_env, tmp_path):
+    shared, _ = built
+    wd = tmp_path / "run"
+    args = [f"--workdir={wd}", f"--config.data.manual_dir={shared}/cohort", f"--config.data.data_dir={shared}/tfds",
+            "--config.data.batch_size=4", "--config.model.lora.rank=4", "--config.eval.max_examples=3",
+            "--config.eval.max_new_tokens=16", "--config.eval.batch_size=4"]
+    for stage in ("lm_pretrain", "align", "lora"):
+        args += [f"--config.stages.{stage}.steps=3", f"--config.stages.{stage}.save_every=3"]
+    done = launch(args, subprocess_env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = done.stdout
+    assert "validation loss:" in out and "export:" in out
+    for stage in ("lm_pretrain", "align", "lora"):
+        assert (wd / stage / "done.json").is_file() and (wd / stage / "metrics.jsonl").is_file()
+        assert any((wd / stage / "tensorboard").iterdir())
+    summary = json.loads((wd / "eval" / "summary.json").read_text())
+    assert {"model", "blank_images", "val_loss", "val_loss_blank_images", "viewer"} <= set(summary)
+    preds = [json.loads(line) for line in (wd / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and all({"id", "task", "prompt", "reference", "generated"} <= set(p) for p in preds)
+    assert (wd / "export" / "llm" / "config.json").is_file() and (wd / "export" / "vision").is_dir()
+    assert (wd / "eval" / "viewer" / "index.html").is_file()
+    # Re-running finds every stage done and trains nothing again.
+    again = launch(args + ["--mode=train"], subprocess_env)
+    assert again.returncode == 0 and "stage lora: 3 steps" in again.stdout
+
+
+def test_launch_reports_a_wrong_manual_dir_in_one_line(subprocess_env, tmp_path):
+    done = launch([f"--workdir={tmp_path}", "--mode=build", f"--config.data.manual_dir={tmp_path}/nowhere"],
+                  subprocess_env, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_real_data_refuses_the_public_demo_salt(subprocess_env, tmp_path):
+    (tmp_path / "release").mkdir()
+    env = {k: v for k, v in subprocess_env.items() if k != "JAXPETCT_SALT"}
+    done = launch([f"--workdir={tmp_path}", "--mode=build", "--config.data.source=release",
+                   f"--config.data.manual_dir={tmp_path}/release"], env, timeout=300)
+    assert done.returncode == 2 and "salt" in done.stderr.splitlines()[-1]
