@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.source = "synthetic"  # synthetic | release | dicom
     c.data.manual_dir = ""  # release root or DICOM folder; synthetic: <workdir>/cohort
     c.data.data_dir = ""  # built TFDS datasets; default <workdir>/tfds
-    c.data.synthetic = ml_collections.ConfigDict(dict(n=96, seed=0, size="tiny"))
+    c.data.synthetic = ml_collections.ConfigDict(dict(n=160, seed=0, size="small"))
     c.data.record_shape = (32, 64, 64)  # grid the records store (D, H, W); the loader resizes to the encoder input
     c.data.beam = False
     c.data.beam_options = ""  # e.g. "runner=DataflowRunner,project=...,region=..." (TFDS syntax)

@@ -13,6 +13,7 @@ def tiny_config(workdir: pathlib.Path, shared: pathlib.Path):
     cfg.data.manual_dir = str(shared / "cohort")
     cfg.data.data_dir = str(shared / "tfds")
     cfg.data.synthetic.n = 12
+    cfg.data.synthetic.size = "tiny"
     cfg.data.batch_size = 4
     cfg.data.eval_batch_size = 4
     cfg.model.encoder = dict(preset="tiny", channels=2)

@@ -89,7 +89,7 @@ def test_loss_falls_and_a_small_batch_is_overfit(built, tmp_path):
 
     # One fixed batch of 4 answers, decoder + projector trained: memorised.
     model = training.build_stage_model(cfg, "full")
-    spec = StageSpec("full", steps=60, peak_lr=3e-3, warmup_fraction=0.0, log_every=10, save_every=60,
+    spec = StageSpec("full", steps=80, peak_lr=1e-2, warmup_fraction=0.0, log_every=10, save_every=80,
                      best_metric=None, async_checkpoints=False)
     run_stage(model, vlm_answer_loss, spec, train_iter=_fixed_batch_iter(cfg, tmp_path, model), mesh=mesh,
                     workdir=str(tmp_path / "overfit"), progress=False)
@@ -117,7 +117,9 @@ def test_mesh_222_matches_one_device_and_checkpoints_cross_meshes(built, tmp_pat
 
     # The (2,2,2) run's checkpoint restores onto one device, and the one-device run's onto (2,2,2).
     for src, mesh in (("m222", one_device()), ("one", make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))):
-        model = training.build_stage_model(make_cfg(tmp_path / src), "full")
+        cfg = make_cfg(tmp_path / src)
+        cfg.order = ("full",)
+        model = training.build_stage_model(cfg, "full")
         _, state, _, _, _ = prepare_state(model, StageSpec("full", steps=20, peak_lr=3e-3), mesh)
         ckpt = Checkpointer(tmp_path / src / "full" / "checkpoints", save_every=10)
         restored, meta = ckpt.restore(abstract_like(state))
@@ -126,7 +128,7 @@ def test_mesh_222_matches_one_device_and_checkpoints_cross_meshes(built, tmp_pat
         target_devices = set(mesh.devices.flat)
         leaf = jax.tree.leaves(restored.params)[0]
         assert set(leaf.sharding.device_set) <= target_devices
-        final = training.build_stage_model(make_cfg(tmp_path / src), "full")
+        final = training.build_stage_model(cfg, "full")
         load_weights(final, training.weights_dir(str(tmp_path / src), "full"))
         want = flat(final)
         got = {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(restored.params)}
