@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
+import sys
 import time
 
-import jax
-import numpy as np
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def parse(argv=None):
