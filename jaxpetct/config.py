@@ -30,6 +30,9 @@ def stage(steps: int = 0, *, epochs: float = 0.0, peak_lr: float, **kw) -> ml_co
     c.save_every = 100
     c.keep = 2
     c.best_metric = "val_loss"
+    # VLM stages: > 0 also trains CT-ViT with the language loss at peak_lr x this (0 = frozen, as in the paper,
+    # whose encoder comes pre-trained from encoder_pretrain / CT-CLIP).
+    c.encoder_lr_scale = 0.0
     c.init_from = ""  # earlier stage whose final weights start this one ("" = the previous stage in `order`)
     c.update(kw)
     return c

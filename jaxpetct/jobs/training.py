@@ -19,6 +19,7 @@ from flax import nnx
 from jaxpetct.jobs import data as data_jobs
 from jaxpetct.models.factory import build_clip, build_vlm
 from jaxpetct.train.loop import StageSpec, run_stage
+from jaxpetct.train.optimizer import STAGE_GROUPS, ParamGroup
 from jaxpetct.train.tasks import clip_loss, text_only_loss, vlm_answer_loss
 from jaxpetct.train.weights import load_weights, save_weights
 
@@ -49,10 +50,20 @@ def model_io(model) -> data_jobs.ModelIO:
     return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]))
 
 
+def encoder_lr_scale(cfg, name: str) -> float:
+    """LR scale of CT-ViT in a VLM stage; 0 keeps it frozen (the paper: only encoder_pretrain trains it)."""
+    if name not in ("align", "lora", "full"):
+        return 0.0
+    return float(cfg.stages[name].get("encoder_lr_scale", 0.0) or 0.0)
+
+
 def build_stage_model(cfg, name: str, *, mesh=None):
     if name == "encoder_pretrain":
         return build_clip(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh)
-    return build_vlm(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh, with_lora=uses_lora(cfg, name))
+    model_cfg = cfg.model.to_dict()
+    if encoder_lr_scale(cfg, name) > 0:
+        model_cfg["freeze_encoder"] = False  # gradients must reach the encoder this stage trains
+    return build_vlm(model_cfg, seed=int(cfg.seed), mesh=mesh, with_lora=uses_lora(cfg, name))
 
 
 def init_from(cfg, name: str) -> Optional[str]:
@@ -85,7 +96,10 @@ def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
         steps = max(1, math.ceil(float(s.epochs) * n_train / global_batch))
     if steps < 1:
         raise data_jobs.ConfigError(f"stages.{name}: give steps or epochs")
-    return StageSpec(name=name, steps=steps, peak_lr=float(s.peak_lr), warmup_fraction=float(s.warmup_fraction),
+    groups = None
+    if encoder_lr_scale(cfg, name) > 0:
+        groups = (*STAGE_GROUPS[name], ParamGroup("encoder", r"^encoder/", lr_scale=encoder_lr_scale(cfg, name)))
+    return StageSpec(name=name, steps=steps, groups=groups, peak_lr=float(s.peak_lr), warmup_fraction=float(s.warmup_fraction),
                      final_lr_fraction=float(s.final_lr_fraction), weight_decay=float(s.weight_decay),
                      clip_norm=float(s.clip_norm) if s.clip_norm else None, grad_accum_steps=int(s.grad_accum_steps),
                      log_every=int(s.log_every), eval_every=int(s.eval_every), save_every=int(s.save_every),

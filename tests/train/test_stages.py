@@ -133,3 +133,22 @@ def test_mesh_222_matches_one_device_and_checkpoints_cross_meshes(built, tmp_pat
         want = flat(final)
         got = {path_str(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(restored.params)}
         assert got and all(np.array_equal(got[k], want[k]) for k in got)
+
+
+def test_encoder_lr_scale_also_trains_ct_vit_in_a_vlm_stage(built, tmp_path):
+    """stages.<name>.encoder_lr_scale > 0 adds CT-ViT to the stage (end-to-end tuning); 0 keeps it frozen."""
+    _, make_cfg = built
+    cfg = make_cfg(tmp_path)
+    cfg.order = ("align",)
+    assert training.stage_spec(cfg, "align", 8).groups is None  # the paper's projector-only stage
+    cfg.stages.align.encoder_lr_scale = 0.5
+    groups = {g.name: g for g in training.stage_spec(cfg, "align", 8).param_groups()}
+    assert set(groups) == {"projector", "encoder"} and groups["encoder"].lr_scale == 0.5
+    assert training.stage_spec(cfg, "lm_pretrain", 8).groups is None  # text-only stage: never the encoder
+
+    mesh = one_device()
+    start = flat(training.build_stage_model(cfg, "align", mesh=mesh))
+    training.train(cfg, str(tmp_path), mesh=mesh, stages=["align"], progress=False)
+    moved = changed(start, trained(cfg, tmp_path, "align"))
+    assert any(k.startswith("encoder/") for k in moved) and any(k.startswith("projector/") for k in moved)
+    assert not any(k.startswith("decoder/") for k in moved)
