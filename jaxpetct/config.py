@@ -67,7 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.worker_count = 0  # Grain worker processes
     c.data.image = ml_collections.ConfigDict(dict(channels=("pet", "ct"), pet_mode="linear", pet_max=10.0,
                                                   out_range="unit"))
-    c.data.augment = ml_collections.ConfigDict(dict(enabled=False))
+    # The paper's image augmentations (off in its runs): edge-slice drop, rotation, noise. The reference drops 10-20
+    # of ~140+ slices; the default's 32-slice records drop 2-4 (the same fraction).
+    c.data.augment = ml_collections.ConfigDict(dict(enabled=False, edge_drop=(2, 4), edge_drop_prob=0.5,
+                                                    rotate_deg=15.0, rotate_prob=0.5, noise_std=0.02,
+                                                    noise_prob=0.5))
 
     c.model = ml_collections.ConfigDict()
     c.model.encoder = ml_collections.ConfigDict(dict(preset="tiny", channels=2, depth=32, height=64, width=64,
@@ -149,6 +153,7 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.Con
     c.data.source = "release"
     c.data.manual_dir = ""  # --config.data.manual_dir=/path/to/ViMed-PET
     c.data.record_shape = (140, 480, 480)
+    c.data.augment.edge_drop = (10, 20)  # the reference code's range, for 140-slice volumes
     c.data.train_mix, c.data.paraphrase_prob = _MIXES[mix]
     c.data.tokenizer = tokenizer
     c.data.template = template

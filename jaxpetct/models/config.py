@@ -21,8 +21,23 @@ class ConfigError(ValueError):
     """A model configuration that this port cannot reproduce exactly; the message names the key and the reason."""
 
 
+class Precision:
+    """Mixin of the model configs: `dtype` (activations, matmuls) and `param_dtype` (stored weights) as JAX dtypes."""
+
+    dtype: Any
+    param_dtype: Any
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(Precision):
     """Shapes and switches of one decoder.
 
     `dtype` is the compute dtype (activations, matmuls); `param_dtype` is the storage dtype of the weights.
@@ -79,14 +94,6 @@ class DecoderConfig:
         # A dict field would make the dataclass unhashable; jit needs configs as static, hashable values.
         if isinstance(self.rope_scaling, dict):
             object.__setattr__(self, "rope_scaling", _FrozenDict(self.rope_scaling))
-
-    @property
-    def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def weight_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.param_dtype)
 
     def replace(self, **changes: Any) -> "DecoderConfig":
         return dataclasses.replace(self, **changes)

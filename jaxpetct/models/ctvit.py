@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxpetct.models.config import Precision
 from jaxpetct.parallel.rules import shard
 
 Array = jax.Array
@@ -45,7 +46,7 @@ def _axes(*names: str | None) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
-class CTViTConfig:
+class CTViTConfig(Precision):
     """Shape and options of the encoder. The input shape is fixed: the projector consumes a fixed h x w x dim grid."""
 
     channels: int = 1  # 1 = PET or CT, 2 = PET and CT stacked as channels
@@ -75,14 +76,6 @@ class CTViTConfig:
                                   ("height", self.height, self.patch_size), ("width", self.width, self.patch_size)):
             if size <= 0 or patch <= 0 or size % patch:
                 raise ValueError(f"CT-ViT {name}={size} must be a positive multiple of its patch size {patch}")
-
-    @property
-    def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def weight_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.param_dtype)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:

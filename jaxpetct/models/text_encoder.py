@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxpetct.models.config import Precision
 from jaxpetct.models.hf_io import read_config
 from jaxpetct.models.safetensors_io import CheckpointError, SafetensorsCheckpoint, load_state
 from jaxpetct.parallel.rules import LOGICAL_RULES
@@ -43,7 +44,7 @@ def _axes(*names: str | None) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
-class RobertaConfig:
+class RobertaConfig(Precision):
     vocab_size: int = 64001
     hidden_size: int = 768
     num_layers: int = 12
@@ -63,14 +64,6 @@ class RobertaConfig:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; known: {sorted(_ACTIVATIONS)}")
-
-    @property
-    def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def weight_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.param_dtype)
 
     @classmethod
     def phobert_base(cls, **overrides) -> "RobertaConfig":

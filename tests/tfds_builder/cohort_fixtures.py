@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
+
 from jaxpetct.studies import synthetic
 
 N, SEED, SALT = 8, 3, "tests-salt"
@@ -47,3 +49,20 @@ def corrupt_copy(src: str, dst: str) -> dict:
     os.remove(os.path.join(dst, second[5]))
     key = lambda r: r[6].replace("/CT/", "/").removesuffix(".npz")  # noqa: E731
     return {"truncated": key(first), "missing": key(second)}
+
+
+# Session fixtures; each tests folder's conftest imports them (one definition, built once per folder's session).
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory):
+    return write_cohort(str(tmp_path_factory.mktemp("cohort") / "manual"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def built(cohort, data_dir):
+    """config kind -> BuildSummary of the plain build of the clean cohort."""
+    return {kind: build(cohort.root, data_dir, kind) for kind in KINDS}

@@ -176,3 +176,27 @@ def test_dicom_root_builds_without_phi(tmp_path):
             text = " ".join(as_text(v) for v in rec.values() if isinstance(v, bytes))
             assert not any(c.lower() in text.lower() for c in canaries)
             assert as_text(rec["source"]) == "dicom" and as_text(rec["findings"])
+
+
+def test_plain_build_spilling_to_disk_needs_no_tensorflow(cohort, built, tmp_path, monkeypatch):
+    """Past 1 GiB per split TFDS's shuffler spills to bucket files via tf.io.gfile; shrink the threshold to 1 byte
+    so every example spills, and the records must equal the in-memory build's, in the same order."""
+    from array_record.python.array_record_module import ArrayRecordReader
+    from tensorflow_datasets.core import shuffle
+
+    assert importlib.util.find_spec("tensorflow") is None, "this test checks the TF-free environment"
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1)
+    spilled = cf.build(cohort.root, str(tmp_path), "regions")
+    reference = built["regions"]
+    assert spilled.examples == reference.examples
+
+    def records(path, split):
+        out = []
+        for f in sorted(glob.glob(os.path.join(path, f"vimed_pet-{split}.array_record-*"))):
+            reader = ArrayRecordReader(f)
+            out += reader.read_all()
+            reader.close()
+        return out
+
+    for split in reference.examples:
+        assert records(spilled.dataset_dir, split) == records(reference.dataset_dir, split), split
