@@ -55,7 +55,8 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, tx: optax.GradientTransf
             # Fresh copies: NNX refuses to mutate (reseed) variables created at an outer trace level.
             model = nnx.merge(graphdef, p, jax.tree.map(lambda x: x, frozen))
             if key is not None:
-                nnx.reseed(model, dropout=key)
+                # Scanned layers hold one dropout key per layer (shape (L,)): each gets its own split of `key`.
+                nnx.reseed(model, dropout=key, policy="match_shape")
             loss_sum, count, aux = task(model, micro, train=True)
             return loss_sum, (count, aux)
 

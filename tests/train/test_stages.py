@@ -152,3 +152,15 @@ def test_encoder_lr_scale_also_trains_ct_vit_in_a_vlm_stage(built, tmp_path):
     moved = changed(start, trained(cfg, tmp_path, "align"))
     assert any(k.startswith("encoder/") for k in moved) and any(k.startswith("projector/") for k in moved)
     assert not any(k.startswith("decoder/") for k in moved)
+
+
+def test_lora_dropout_trains_with_scanned_decoder_layers(built, tmp_path):
+    """Scanned layers keep one dropout key per layer (shape (L,)); the step must reseed each, not refuse."""
+    _, make_cfg = built
+    cfg = make_cfg(tmp_path)
+    cfg.order = ("lora",)
+    cfg.model.decoder.scan_layers = True
+    cfg.model.lora.dropout = 0.1
+    cfg.stages.lora.steps = 2
+    result = training.train(cfg, str(tmp_path), mesh=one_device(), stages=["lora"], progress=False)
+    assert np.isfinite(result["lora"]["final"]["loss"])
