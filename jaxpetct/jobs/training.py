@@ -99,7 +99,8 @@ def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
     groups = None
     if encoder_lr_scale(cfg, name) > 0:
         groups = (*STAGE_GROUPS[name], ParamGroup("encoder", r"^encoder/", lr_scale=encoder_lr_scale(cfg, name)))
-    return StageSpec(name=name, steps=steps, groups=groups, peak_lr=float(s.peak_lr), warmup_fraction=float(s.warmup_fraction),
+    return StageSpec(name=name, steps=steps, groups=groups, peak_lr=float(s.peak_lr),
+                     warmup_fraction=float(s.warmup_fraction),
                      final_lr_fraction=float(s.final_lr_fraction), weight_decay=float(s.weight_decay),
                      clip_norm=float(s.clip_norm) if s.clip_norm else None, grad_accum_steps=int(s.grad_accum_steps),
                      log_every=int(s.log_every), eval_every=int(s.eval_every), save_every=int(s.save_every),
