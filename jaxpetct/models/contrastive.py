@@ -33,7 +33,8 @@ CLIP_MAX_LOGIT_SCALE = 100.0
 
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
     x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    # rsqrt of the clamped squared norm: same value, and a finite gradient at x = 0 (d|x| there is NaN in JAX)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
 
 
 def clip_loss(image_emb: Array, text_emb: Array, log_scale: Array,

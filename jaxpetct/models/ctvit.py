@@ -207,9 +207,10 @@ class Attention(nnx.Module):
         k, v = jnp.split(self.to_kv(x), 2, axis=-1)
         k, v = (t.reshape(n, s, self.heads, self.dim_head) for t in (k, v))
 
-        def l2norm(t):  # torch F.normalize: t / max(|t|, 1e-12)
+        def l2norm(t):  # torch F.normalize: t / max(|t|, 1e-12), written so an all-zero token (air, a blank
+            # volume) has a finite gradient: d|t| at t = 0 is NaN in JAX, d(sum t^2) is 0.
             t32 = t.astype(jnp.float32)
-            return t32 / jnp.maximum(jnp.linalg.norm(t32, axis=-1, keepdims=True), 1e-12)
+            return t32 * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(t32), axis=-1, keepdims=True), 1e-24))
 
         q = (l2norm(q) * self.q_scale[...]).astype(v.dtype)
         k = (l2norm(k) * self.k_scale[...]).astype(v.dtype)

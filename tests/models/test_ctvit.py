@@ -165,3 +165,26 @@ def test_forward_matches_a_torch_restatement_of_ct_clip():
         ref = scale_norm(x, model.temporal_norm).numpy()
     ours = np.asarray(nnx.jit(lambda m, v: m(v))(model, jnp.asarray(vol)))
     np.testing.assert_allclose(ours, ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_gradients_are_finite_where_tokens_are_all_zero(channels):
+    """Air outside the body and blank volumes give all-zero tokens; the cosine-sim attention's l2 norm must not
+    turn them into NaN gradients (d|t| at t = 0 is NaN in JAX), or training CT-ViT stops on real data."""
+    cfg = CTViTConfig.tiny(channels=channels)
+    model = CTViT(cfg, rngs=nnx.Rngs(0))
+    x = jnp.zeros((2, *cfg.input_shape)).at[0, :, :, :16].set(0.5)  # one blank volume, one half air
+    target = jax.random.normal(jax.random.key(1), (2, *cfg.grid, cfg.dim))
+    grads = nnx.grad(lambda m: jnp.sum(m(x) * target))(model)
+    leaves = jax.tree.leaves(grads)
+    assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
+
+
+def test_clip_l2_normalize_has_a_finite_gradient_at_zero():
+    from jaxpetct.models.contrastive import l2_normalize
+
+    g = jax.grad(lambda v: jnp.sum(l2_normalize(v) * jnp.arange(4.0)))(jnp.zeros((1, 4)))
+    assert bool(jnp.all(jnp.isfinite(g)))
+    v = jnp.array([[3.0, 4.0, 0.0, 0.0]])
+    np.testing.assert_allclose(np.asarray(l2_normalize(v)), [[0.6, 0.8, 0.0, 0.0]], rtol=1e-6)
