@@ -96,9 +96,9 @@ def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
         steps = max(1, math.ceil(float(s.epochs) * n_train / global_batch))
     if steps < 1:
         raise data_jobs.ConfigError(f"stages.{name}: give steps or epochs")
-    groups = None
-    if encoder_lr_scale(cfg, name) > 0:
-        groups = (*STAGE_GROUPS[name], ParamGroup("encoder", r"^encoder/", lr_scale=encoder_lr_scale(cfg, name)))
+    groups, enc_scale = None, encoder_lr_scale(cfg, name)
+    if enc_scale > 0:
+        groups = (*STAGE_GROUPS[name], ParamGroup("encoder", r"^encoder/", lr_scale=enc_scale))
     return StageSpec(name=name, steps=steps, groups=groups, peak_lr=float(s.peak_lr),
                      warmup_fraction=float(s.warmup_fraction),
                      final_lr_fraction=float(s.final_lr_fraction), weight_decay=float(s.weight_decay),

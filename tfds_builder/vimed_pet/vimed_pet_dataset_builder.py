@@ -22,19 +22,10 @@ try:
 except ImportError:  # `tfds build tfds_builder/vimed_pet` from a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from jaxpetct.data import generate, plan  # noqa: E402
+from jaxpetct.data import generate, no_tf, plan  # noqa: E402
 from jaxpetct.data.records import RecordSpec, features  # noqa: E402
 
-try:
-    from . import no_tf
-except ImportError:  # loaded by file path (tfds build imports the module without its package)
-    import importlib.util as _util
-
-    _spec = _util.spec_from_file_location("vimed_pet_no_tf", Path(__file__).with_name("no_tf.py"))
-    no_tf = _util.module_from_spec(_spec)
-    _spec.loader.exec_module(no_tf)
-
-no_tf.install()  # plain builds over 1 GiB per split spill to disk through tf.io.gfile; see no_tf.py
+no_tf.install()  # plain builds over 1 GiB per split spill to disk through tf.io.gfile; see jaxpetct/data/no_tf.py
 
 TINY_VOLUME, PAPER_VOLUME = (32, 64, 64), (140, 480, 480)
 TINY_SLICE, PAPER_SLICE = (64, 64), (512, 512)
