@@ -114,6 +114,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 8
     c.eval.blank_baseline = True  # also score the same model on blank volumes: does it use the image?
     c.eval.viewer = True
+    # Lesion linear probe (jaxpetct.eval.probe): lesion presence per region from the input PET and from the
+    # encoder's features, fitted on train, scored on eval.split; at most this many records per split.
+    c.eval.lesion_probe = True
+    c.eval.probe_max_examples = 2000
     c.eval.bertscore_model = ""  # local RoBERTa/PhoBERT directory; empty = BERTScore skipped
 
     c.export = ml_collections.ConfigDict(dict(dtype="float32"))

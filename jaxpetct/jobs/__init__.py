@@ -93,6 +93,13 @@ def describe(summary: dict, workdir: str) -> str:
         if "val_loss" in ev:
             lines.append(f"validation loss: {ev['val_loss']:.4f} with the volumes, "
                          f"{ev['val_loss_blank_images']:.4f} with blank volumes")
+        for name, rows in (ev.get("lesion_probe") or {}).items():
+            if not isinstance(rows, dict):
+                continue
+            bits = [f"{region} acc {r['accuracy']:.2f}/maj {r['majority_accuracy']:.2f} AUROC {r['auroc']:.2f}"
+                    for region, r in rows.items() if isinstance(r, dict) and "accuracy" in r]
+            if bits:
+                lines.append(f"lesion probe ({name}): " + "; ".join(bits))
         if ev.get("viewer"):
             lines.append(f"viewer: {ev['viewer']}")
     if summary.get("export"):

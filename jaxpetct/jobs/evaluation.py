@@ -3,6 +3,8 @@
 Evaluation writes `<workdir>/eval/{predictions.jsonl, metrics.json, summary.json, viewer/}`. With
 `eval.blank_baseline` the same model is also scored on all-zero volumes (`eval/blank/`) and the teacher-forced
 validation loss is computed both ways: if the model uses the image, the real volumes must do clearly better.
+With `eval.lesion_probe` a linear probe (jaxpetct.eval.probe) says how much lesion signal the volumes hold and
+how much the trained encoder keeps.
 """
 from __future__ import annotations
 
@@ -56,6 +58,10 @@ def evaluate(cfg, workdir: str, *, mesh=None, progress: bool = True) -> dict:
         val = data_jobs.val_batches(cfg, workdir, io)
         summary["val_loss"] = training.loss_over(model, val)
         summary["val_loss_blank_images"] = training.loss_over(model, val, blank=True)
+    if cfg.eval.get("lesion_probe", False):
+        from jaxpetct.jobs.probe import lesion_probe
+
+        summary["lesion_probe"] = lesion_probe(cfg, workdir, model, progress=progress)
     if cfg.eval.viewer and jax.process_index() == 0:
         summary["viewer"] = write_viewer(cfg, workdir, out)
     if jax.process_index() == 0:

@@ -31,7 +31,10 @@ def test_launch_all_modes_on_the_synthetic_cohort(built, subprocess_env, tmp_pat
         assert (wd / stage / "done.json").is_file() and (wd / stage / "metrics.jsonl").is_file()
         assert any((wd / stage / "tensorboard").iterdir())
     summary = json.loads((wd / "eval" / "summary.json").read_text())
-    assert {"model", "blank_images", "val_loss", "val_loss_blank_images", "viewer"} <= set(summary)
+    assert {"model", "blank_images", "val_loss", "val_loss_blank_images", "viewer", "lesion_probe"} <= set(summary)
+    assert set(summary["lesion_probe"]) == {"input_pet", "encoder"}
+    for rows in summary["lesion_probe"].values():
+        assert rows and all("accuracy" in r or "skipped" in r for r in rows.values())
     preds = [json.loads(line) for line in (wd / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 3 and all({"id", "task", "prompt", "reference", "generated"} <= set(p) for p in preds)
     assert (wd / "export" / "llm" / "config.json").is_file() and (wd / "export" / "vision").is_dir()

@@ -1,0 +1,79 @@
+"""The lesion probe of `--mode eval`: records -> features (input PET, trained encoder) -> jaxpetct.eval.probe.
+
+I/O edge only: reads the `regions` records of the train and validation splits, decodes them as the model sees
+them, and hands numpy features and report-derived labels to the pure probe.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxpetct.data.inputs import AugmentConfig, model_images
+from jaxpetct.data.records import as_text
+from jaxpetct.eval.probe import ProbeSplit, pet_block_max, probe, token_block_max
+from jaxpetct.jobs import data as data_jobs
+from jaxpetct.jobs import training
+
+log = logging.getLogger(__name__)
+
+
+def _split_features(cfg, workdir: str, model, split: str, encode, progress: bool):
+    """({feature set: (N, F)}, labels (N,), regions (N,)) of a split's regions records."""
+    io = training.model_io(model)
+    image_cfg = data_jobs.loader_config(cfg, io, train=False).image
+    channels = tuple(cfg.data.image.channels)
+    pet_channel = channels.index("pet") if "pet" in channels else None
+    src = data_jobs.source(cfg, workdir, "regions", split)
+    limit = min(len(src), int(cfg.eval.get("probe_max_examples", 0)) or len(src))
+    batch = max(1, int(cfg.eval.batch_size))
+    feats = {"encoder": []}
+    if pet_channel is not None:
+        feats["input_pet"] = []
+    labels, regions = [], []
+    for start in tqdm(range(0, limit, batch), desc=f"lesion probe ({split})", disable=not progress):
+        records = [src[i] for i in range(start, min(start + batch, limit))]
+        images = np.stack([model_images(r, image_cfg, AugmentConfig(), None) for r in records])
+        for r in records:
+            try:
+                lesions = json.loads(as_text(r["lesions"]) or "[]")
+            except json.JSONDecodeError as e:
+                raise ValueError(f"record {as_text(r['id'])}: lesions field is not JSON ({e})") from None
+            labels.append(int(len(lesions) > 0))
+            regions.append(as_text(r["region"]))
+        if pet_channel is not None:
+            feats["input_pet"].append(pet_block_max(images[:, pet_channel]))
+        feats["encoder"].append(token_block_max(np.asarray(encode(jnp.asarray(images)), np.float32)))
+    return ({k: np.concatenate(v) for k, v in feats.items()}, np.asarray(labels), np.asarray(regions))
+
+
+def lesion_probe(cfg, workdir: str, model, *, progress: bool = True) -> dict:
+    """{feature set: {region: accuracy, AUROC, majority accuracy, ...}} for the input PET and CT-ViT features."""
+    graphdef, state = nnx.split(model.encoder)
+
+    @jax.jit
+    def encode(state, images):
+        return nnx.merge(graphdef, state)(images).astype(jnp.float32)
+
+    def run(images):
+        return encode(state, images)
+
+    train_f, train_y, train_r = _split_features(cfg, workdir, model, "train", run, progress)
+    # Scored on the evaluation split (eval.split), like the report metrics; the L2 strength is chosen by
+    # cross-validation inside train, so no split is used twice.
+    test_f, test_y, test_r = _split_features(cfg, workdir, model, cfg.eval.split, run, progress)
+    if len(train_y) == 0 or len(test_y) == 0:
+        return {"skipped": f"the train or {cfg.eval.split} split is empty"}
+    out = {name: probe(ProbeSplit(train_f[name], train_y, train_r), ProbeSplit(test_f[name], test_y, test_r),
+                       seed=int(cfg.seed)) for name in train_f}
+    for name, rows in out.items():
+        for region, row in rows.items():
+            if "accuracy" in row:
+                log.info("lesion probe %s %s: accuracy %.3f (majority %.3f), AUROC %.3f", name, region,
+                         row["accuracy"], row["majority_accuracy"], row["auroc"])
+    return out
