@@ -23,8 +23,20 @@ from jaxpetct.jobs import training
 log = logging.getLogger(__name__)
 
 
+def lesion_label(record: dict) -> int:
+    """1 when the region's report lists a lesion (the record's extracted lesions), else 0; ValueError naming the
+    record when its lesions field is not a JSON list."""
+    try:
+        lesions = json.loads(as_text(record["lesions"]) or "[]")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"record {as_text(record['id'])}: lesions field is not JSON ({e})") from None
+    if not isinstance(lesions, list):
+        raise ValueError(f"record {as_text(record['id'])}: lesions field is not a JSON list")
+    return int(len(lesions) > 0)
+
+
 def _split_features(cfg, workdir: str, model, split: str, encode, progress: bool):
-    """({feature set: (N, F)}, labels (N,), regions (N,)) of a split's regions records."""
+    """({feature set: (N, F)}, labels (N,), regions (N,), skipped records) of a split's regions records."""
     io = training.model_io(model)
     image_cfg = data_jobs.loader_config(cfg, io, train=False).image
     channels = tuple(cfg.data.image.channels)
@@ -35,21 +47,28 @@ def _split_features(cfg, workdir: str, model, split: str, encode, progress: bool
     feats = {"encoder": []}
     if pet_channel is not None:
         feats["input_pet"] = []
-    labels, regions = [], []
+    labels, regions, skipped = [], [], []
     for start in tqdm(range(0, limit, batch), desc=f"lesion probe ({split})", disable=not progress):
-        records = [src[i] for i in range(start, min(start + batch, limit))]
-        images = np.stack([model_images(r, image_cfg, AugmentConfig(), None) for r in records])
-        for r in records:
+        records = []
+        for i in range(start, min(start + batch, limit)):
+            r = src[i]
             try:
-                lesions = json.loads(as_text(r["lesions"]) or "[]")
-            except json.JSONDecodeError as e:
-                raise ValueError(f"record {as_text(r['id'])}: lesions field is not JSON ({e})") from None
-            labels.append(int(len(lesions) > 0))
+                label = lesion_label(r)
+            except ValueError as e:  # one bad record is left out and named; the probe goes on
+                skipped.append(str(e))
+                log.warning("lesion probe skips %s", e)
+                continue
+            records.append(r)
+            labels.append(label)
             regions.append(as_text(r["region"]))
+        if not records:
+            continue
+        images = np.stack([model_images(r, image_cfg, AugmentConfig(), None) for r in records])
         if pet_channel is not None:
             feats["input_pet"].append(pet_block_max(images[:, pet_channel]))
         feats["encoder"].append(token_block_max(np.asarray(encode(jnp.asarray(images)), np.float32)))
-    return ({k: np.concatenate(v) for k, v in feats.items()}, np.asarray(labels), np.asarray(regions))
+    feats = {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in feats.items()}
+    return feats, np.asarray(labels), np.asarray(regions), skipped
 
 
 def lesion_probe(cfg, workdir: str, model, *, progress: bool = True) -> dict:
@@ -63,12 +82,12 @@ def lesion_probe(cfg, workdir: str, model, *, progress: bool = True) -> dict:
     def run(images):
         return encode(state, images)
 
-    train_f, train_y, train_r = _split_features(cfg, workdir, model, "train", run, progress)
+    train_f, train_y, train_r, skipped = _split_features(cfg, workdir, model, "train", run, progress)
     # Scored on the evaluation split (eval.split), like the report metrics; the L2 strength is chosen by
     # cross-validation inside train, so no split is used twice.
-    test_f, test_y, test_r = _split_features(cfg, workdir, model, cfg.eval.split, run, progress)
+    test_f, test_y, test_r, skipped_test = _split_features(cfg, workdir, model, cfg.eval.split, run, progress)
     if len(train_y) == 0 or len(test_y) == 0:
-        return {"skipped": f"the train or {cfg.eval.split} split is empty"}
+        return {"skipped": f"the train or {cfg.eval.split} split is empty", "skipped_records": skipped + skipped_test}
     out = {name: probe(ProbeSplit(train_f[name], train_y, train_r), ProbeSplit(test_f[name], test_y, test_r),
                        seed=int(cfg.seed)) for name in train_f}
     for name, rows in out.items():
@@ -76,4 +95,6 @@ def lesion_probe(cfg, workdir: str, model, *, progress: bool = True) -> dict:
             if "accuracy" in row:
                 log.info("lesion probe %s %s: accuracy %.3f (majority %.3f), AUROC %.3f", name, region,
                          row["accuracy"], row["majority_accuracy"], row["auroc"])
+    if skipped or skipped_test:
+        out["skipped_records"] = skipped + skipped_test
     return out

@@ -84,3 +84,15 @@ def test_choose_l2_prefers_strong_regularisation_on_noise():
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(60, 40)), rng.integers(0, 2, 60)
     assert choose_l2(x, y) >= 1.0
+
+
+def test_lesion_label_reads_the_record_and_names_a_bad_one():
+    from jaxpetct.jobs.probe import lesion_label
+
+    assert lesion_label({"id": b"s1/chest", "lesions": b'[{"type": "x"}]'}) == 1
+    assert lesion_label({"id": b"s1/chest", "lesions": b"[]"}) == 0
+    assert lesion_label({"id": b"s1/chest", "lesions": b""}) == 0
+    with pytest.raises(ValueError, match="s2/chest: lesions field is not JSON"):
+        lesion_label({"id": b"s2/chest", "lesions": b"[{"})
+    with pytest.raises(ValueError, match="s3/chest: lesions field is not a JSON list"):
+        lesion_label({"id": b"s3/chest", "lesions": b"{}"})
