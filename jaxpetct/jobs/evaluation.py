@@ -19,6 +19,7 @@ from jaxpetct.eval.runner import evaluate as run_eval
 from jaxpetct.eval.vlm_generate import DecodingConfig
 from jaxpetct.jobs import data as data_jobs
 from jaxpetct.jobs import training
+from jaxpetct.jobs.probe import lesion_probe
 from jaxpetct.text.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,6 @@ def evaluate(cfg, workdir: str, *, mesh=None, progress: bool = True) -> dict:
         summary["val_loss"] = training.loss_over(model, val)
         summary["val_loss_blank_images"] = training.loss_over(model, val, blank=True)
     if cfg.eval.get("lesion_probe", False):
-        from jaxpetct.jobs.probe import lesion_probe
-
         summary["lesion_probe"] = lesion_probe(cfg, workdir, model, progress=progress)
     if cfg.eval.viewer and jax.process_index() == 0:
         summary["viewer"] = write_viewer(cfg, workdir, out)
