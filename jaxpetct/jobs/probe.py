@@ -1,6 +1,6 @@
 """The lesion probe of `--mode eval`: records -> features (input PET, trained encoder) -> jaxpetct.eval.probe.
 
-I/O edge only: reads the `regions` records of the train and validation splits, decodes them as the model sees
+I/O edge only: reads the `regions` records of the train split and of eval.split, decodes them as the model sees
 them, and hands numpy features and report-derived labels to the pure probe.
 """
 from __future__ import annotations
