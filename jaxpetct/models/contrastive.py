@@ -80,7 +80,7 @@ class VolumeTextCLIP(nnx.Module):
         self.vision, self.text = vision, text
         self.vision_pool, self.text_pool, self.loss_kind = vision_pool, text_pool, loss
         _, h, w = vision.cfg.grid
-        vision_features = h * w * vision.cfg.dim if vision_pool == "ctclip" else vision.cfg.dim
+        vision_features = h * w * vision.cfg.out_dim if vision_pool == "ctclip" else vision.cfg.out_dim
         linear = dict(use_bias=False, rngs=rngs)
         self.to_vision_latent = nnx.Linear(vision_features, latent_dim, kernel_metadata=_axes("vis_proj", None),
                                            **linear)

@@ -65,6 +65,15 @@ class CTViTConfig(Precision):
     peg_causal: bool = True  # CT-CLIP: PEG pads two slabs before, none after
     attn_logit_scale: float = 8.0  # cosine-sim attention temperature (CT-CLIP's ``scale``)
     position_bias_layers: int = 2
+    # CT-CLIP LayerNorms each raw patch before embedding it. That normalises away the amplitude of a few hot PET
+    # voxels in a patch of cool ones (a focal lesion); a random or briefly trained encoder then cannot see lesions
+    # (README, "Does the model see lesions?"). Keep it for CT-CLIP weights; the tiny default turns it off.
+    patch_input_norm: bool = True
+    # Append one feature per token: a linear lesion-centre logit, trained by encoder_pretrain's lesion_map objective
+    # (models/lesion_map.py) and handed to the VLM with the rest of CT-ViT. The projector then sees a detector's
+    # verdict per token, which a small decoder learns to read from few examples; the 32 raw features it must
+    # first learn to combine. Off for CT-CLIP weights (the paper).
+    lesion_channel: bool = False
     remat: bool = False
     dtype: Any = "float32"  # compute dtype (activations, matmuls); a name or a JAX dtype
     param_dtype: Any = "float32"  # storage dtype of the weights
@@ -86,6 +95,11 @@ class CTViTConfig(Precision):
     def grid(self) -> tuple[int, int, int]:
         """(T, h, w): visual tokens per volume and the spatial grid each one carries."""
         return (self.depth // self.temporal_patch_size, self.height // self.patch_size, self.width // self.patch_size)
+
+    @property
+    def out_dim(self) -> int:
+        """Features per output token: dim, plus the lesion logit when lesion_channel."""
+        return self.dim + int(self.lesion_channel)
 
     @property
     def patch_features(self) -> int:
@@ -262,11 +276,11 @@ def _run_block(block: Block, x: Array, bias: Array | None) -> Array:
 
 
 class CTViT(nnx.Module):
-    """Volume (B, C, D, H, W) -> tokens (B, T, h, w, dim); see the module docstring for the architecture."""
+    """Volume (B, C, D, H, W) -> tokens (B, T, h, w, out_dim); see the module docstring for the architecture."""
 
     def __init__(self, cfg: CTViTConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.patch_norm_in = _layernorm(cfg.patch_features, cfg, rngs)
+        self.patch_norm_in = _layernorm(cfg.patch_features, cfg, rngs) if cfg.patch_input_norm else None
         self.patch_proj = _linear(cfg.patch_features, cfg.dim, ("vis_patch", "vis_embed"), cfg, rngs, bias=True)
         self.patch_norm_out = _layernorm(cfg.dim, cfg, rngs)
         self.spatial_position_bias = ContinuousPositionBias(cfg, rngs)
@@ -274,6 +288,7 @@ class CTViT(nnx.Module):
         self.spatial_norm = ScaleNorm(cfg.dim, cfg)
         self.temporal_blocks = nnx.List([Block(cfg, "temporal", rngs) for _ in range(cfg.temporal_depth)])
         self.temporal_norm = ScaleNorm(cfg.dim, cfg)
+        self.lesion_head = _linear(cfg.dim, 1, ("vis_embed", None), cfg, rngs, bias=True) if cfg.lesion_channel else None
 
     def patchify(self, volume: Array) -> Array:
         """(B, C, D, H, W) -> (B, T, h, w, C*tp*p*p), features in CT-CLIP's (c, tp, p1, p2) order."""
@@ -291,7 +306,9 @@ class CTViT(nnx.Module):
     def __call__(self, volume: Array) -> Array:
         cfg = self.cfg
         x = self.patchify(volume.astype(cfg.compute_dtype))
-        x = shard(self.patch_norm_out(self.patch_proj(self.patch_norm_in(x))), GRID_ACT)
+        if self.patch_norm_in is not None:
+            x = self.patch_norm_in(x)
+        x = shard(self.patch_norm_out(self.patch_proj(x)), GRID_ACT)
         _, h, w = cfg.grid
         run = nnx.remat(_run_block) if cfg.remat else _run_block
         spatial_bias = self.spatial_position_bias(h, w)
@@ -302,4 +319,7 @@ class CTViT(nnx.Module):
         temporal_bias = jnp.asarray(alibi_bias(cfg.grid[0], cfg.heads)) if cfg.temporal_causal else None
         for block in self.temporal_blocks:
             x = shard(run(block, x, temporal_bias), GRID_ACT)
-        return self.temporal_norm(x)
+        x = self.temporal_norm(x)
+        if self.lesion_head is not None:
+            x = jnp.concatenate([x, self.lesion_head(x).astype(x.dtype)], axis=-1)
+        return x

@@ -122,9 +122,9 @@ class VLM(nnx.Module):
     def __init__(self, encoder: CTViT, projector: Projector, decoder: Decoder, *, prefix_lm: bool = False,
                  freeze_encoder: bool = True, loss_chunk: int = 4096):
         t, h, w = encoder.cfg.grid
-        if projector.cfg.grid != (h, w) or projector.cfg.vision_dim != encoder.cfg.dim:
+        if projector.cfg.grid != (h, w) or projector.cfg.vision_dim != encoder.cfg.out_dim:
             raise ValueError(f"projector expects a {projector.cfg.grid} x {projector.cfg.vision_dim} grid, the encoder "
-                             f"gives {(h, w)} x {encoder.cfg.dim}")
+                             f"gives {(h, w)} x {encoder.cfg.out_dim}")
         if projector.cfg.d_model != decoder.cfg.hidden_size:
             raise ValueError(f"projector outputs {projector.cfg.d_model} features, the decoder's hidden size is "
                              f"{decoder.cfg.hidden_size}")

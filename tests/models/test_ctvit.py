@@ -188,3 +188,39 @@ def test_clip_l2_normalize_has_a_finite_gradient_at_zero():
     assert bool(jnp.all(jnp.isfinite(g)))
     v = jnp.array([[3.0, 4.0, 0.0, 0.0]])
     np.testing.assert_allclose(np.asarray(l2_normalize(v)), [[0.6, 0.8, 0.0, 0.0]], rtol=1e-6)
+
+
+def test_patch_input_norm_erases_a_hot_voxels_amplitude_and_can_be_turned_off():
+    """CT-CLIP's patch LayerNorm maps one hot voxel in a cool patch to the same input whatever its SUV (why the
+    tiny default turns it off); without it the encoder output depends on the amplitude."""
+    def tokens(cfg, amplitude):
+        model = CTViT(cfg, rngs=nnx.Rngs(0))
+        vol = np.full((1, *cfg.input_shape), 0.2, np.float32)  # uniform background, one hot voxel
+        vol[0, 0, 5, 9, 9] = amplitude
+        return np.asarray(model(jnp.asarray(vol))), model
+
+    with_ln = CTViTConfig.tiny(channels=1)
+    a, model = tokens(with_ln, 1.0)
+    b, _ = tokens(with_ln, 10.0)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert model.patch_norm_in is not None
+    without = CTViTConfig.tiny(channels=1, patch_input_norm=False)
+    a, model = tokens(without, 1.0)
+    b, _ = tokens(without, 10.0)
+    assert np.abs(a - b).max() > 1e-2
+    assert model.patch_norm_in is None
+    assert not any("patch_norm_in" in str(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+
+
+def test_lesion_channel_appends_the_heads_logit_to_every_token():
+    cfg = CTViTConfig.tiny(channels=2, lesion_channel=True)
+    assert cfg.out_dim == cfg.dim + 1
+    model = CTViT(cfg, rngs=nnx.Rngs(0))
+    vol = jnp.asarray(np.random.default_rng(0).random((2, *cfg.input_shape), np.float32))
+    out = np.asarray(model(vol))
+    assert out.shape == (2, *cfg.grid, cfg.dim + 1)
+    kernel = np.asarray(model.lesion_head.kernel[...])
+    bias = np.asarray(model.lesion_head.bias[...])
+    np.testing.assert_allclose(out[..., -1], out[..., :-1] @ kernel[:, 0] + bias[0], atol=1e-5)
+    plain = CTViT(CTViTConfig.tiny(channels=2), rngs=nnx.Rngs(0))
+    assert plain.lesion_head is None and np.asarray(plain(vol)).shape[-1] == cfg.dim
