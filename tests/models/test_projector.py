@@ -39,6 +39,15 @@ def test_projector_matches_torch(kind, pool):
 def test_pool_grid_means_blocks():
     x = jnp.arange(16.0).reshape(1, 1, 4, 4, 1)
     np.testing.assert_allclose(np.asarray(pool_grid(x, 2))[0, 0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]])
+    np.testing.assert_allclose(np.asarray(pool_grid(x, 2, "max"))[0, 0, :, :, 0], [[5, 7], [13, 15]])
+
+
+def test_max_pool_keeps_a_focal_token_a_mean_dilutes():
+    x = jnp.zeros((1, 1, 8, 8, 1)).at[0, 0, 3, 5, 0].set(1.0)
+    assert float(pool_grid(x, 8, "max").max()) == 1.0
+    assert float(pool_grid(x, 8, "mean").max()) == 1.0 / 64
+    with pytest.raises(ValueError, match="pool_op"):
+        ProjectorConfig(grid=(8, 8), vision_dim=1, d_model=4, pool=8, pool_op="median")
 
 
 def test_paper_projector_sizes_without_allocating():
@@ -62,3 +71,19 @@ def test_projector_errors():
     proj = Projector(ProjectorConfig(grid=(4, 4), vision_dim=8, d_model=8), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"\(B, T, 4, 4, 8\)"):
         proj(jnp.zeros((1, 2, 4, 4, 16)))
+
+
+def test_lesion_features_read_only_the_encoders_lesion_channel():
+    enc = CTViTConfig.tiny(channels=2, lesion_channel=True)
+    cfg = ProjectorConfig.for_encoder(enc, 16, pool=4, pool_op="max", features="lesion")
+    assert cfg.vision_dim == enc.dim + 1 and cfg.in_features == 1
+    proj = Projector(cfg, rngs=nnx.Rngs(0))
+    t, h, w = enc.grid
+    x = np.random.default_rng(0).normal(size=(2, t, h, w, enc.dim + 1)).astype(np.float32)
+    y = x.copy()
+    y[..., :-1] += 5.0  # the other features do not matter
+    np.testing.assert_array_equal(np.asarray(proj(jnp.asarray(x))), np.asarray(proj(jnp.asarray(y))))
+    want = x[..., -1].max(axis=(2, 3))[..., None] @ np.asarray(proj.fc1.kernel[...]) + np.asarray(proj.fc1.bias[...])
+    np.testing.assert_allclose(np.asarray(proj(jnp.asarray(x))), want, atol=1e-5)
+    with pytest.raises(ValueError, match="lesion_channel"):
+        ProjectorConfig.for_encoder(CTViTConfig.tiny(channels=2), 16, features="lesion")
