@@ -13,7 +13,7 @@ Batch contract (what models/vlm.py and the train step consume):
 
 L is the smallest length bucket that holds the longest example of the batch, so a run compiles the step once per
 bucket, not once per length. The clip task (encoder pre-training) carries text_ids/text_mask instead of the
-decoder fields. `meta` never enters a jitted function: `split_meta` separates it.
+decoder fields; the lesion_map task carries lesion_map (B, T, h, w) float32 and no text. `meta` never enters a jitted function: `split_meta` separates it.
 """
 from __future__ import annotations
 
@@ -59,6 +59,11 @@ class Collate:
             valid += [False] * (self.batch_size - len(examples))
             examples += [filler] * (self.batch_size - len(examples))
         out: dict = {"images": np.stack([e["images"] for e in examples]).astype(np.float32)}
+        if "lesion_map" in examples[0]:
+            out["lesion_map"] = np.stack([e["lesion_map"] for e in examples]).astype(np.float32)
+            out["meta"] = {"id": np.asarray([e["meta"].get("id", "") for e in examples], dtype=str),
+                           "valid": np.asarray(valid, bool)}
+            return out
         key = "text_ids" if "text_ids" in examples[0] else "input_ids"
         longest = max(len(e[key]) for e in examples)
         length = bucket_length(max(longest, 1), self.buckets)
@@ -88,7 +93,9 @@ class Collate:
 
 
 def _empty_like(example: Mapping[str, Any]) -> dict:
-    out = {k: np.zeros((0,), v.dtype) for k, v in example.items() if k not in ("images", "meta")}
+    out = {k: np.zeros((0,), v.dtype) for k, v in example.items() if k not in ("images", "meta", "lesion_map")}
+    if "lesion_map" in example:  # -1 = no target: a filler row adds nothing to the lesion_map loss
+        out["lesion_map"] = np.full_like(example["lesion_map"], -1.0)
     out["images"] = np.zeros_like(example["images"])
     out["meta"] = {k: "" for k in example["meta"]}
     return out

@@ -18,13 +18,14 @@ import grain
 import numpy as np
 
 from jaxpetct.data import records
+from jaxpetct.data.lesion_map import lesion_map
 from jaxpetct.data.volume import resize, to_channels
 from jaxpetct.text import prompts
 from jaxpetct.text.augment import paraphrase, paraphrase_report
 from jaxpetct.text.report import report_from_json
 from jaxpetct.text.vqa import llava_messages
 
-TASKS = ("report", "vqa", "comparison", "clip")
+TASKS = ("report", "vqa", "comparison", "clip", "lesion_map")
 _TOKENIZERS: dict = {}
 
 
@@ -173,21 +174,34 @@ def clip_tokens(text: str, tokenizer, max_length: int) -> np.ndarray:
 # --- the Grain transform ---------------------------------------------------------------------------------------
 
 class ToModelInputs(grain.transforms.RandomMap):
-    """record -> {"images", "input_ids", "loss_mask", "image_mask", "meta"} (or "text_ids" for the clip task)."""
+    """record -> {"images", "input_ids", "loss_mask", "image_mask", "meta"} (or "text_ids" for the clip task,
+    "lesion_map" (T, h, w) for the lesion_map task, which needs `lesion_table` and the encoder's token `lesion_grid`;
+    its images are never augmented, since rotation or slice drops would move the lesions off their tokens)."""
 
     def __init__(self, task: str, tokenizer: Any, image: ImageConfig = ImageConfig(),
-                 augment: AugmentConfig = AugmentConfig(), text: TextConfig = TextConfig(), *, train: bool = True):
+                 augment: AugmentConfig = AugmentConfig(), text: TextConfig = TextConfig(), *, train: bool = True,
+                 lesion_table: Optional[dict] = None, lesion_grid: tuple = ()):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if task == "lesion_map" and (lesion_table is None or len(lesion_grid) != 3):
+            raise ValueError("the lesion_map task needs a lesion table and the encoder's (T, h, w) token grid")
         self.task, self.tokenizer, self.image, self.augment, self.text, self.train = (
             task, tokenizer, image, augment, text, train)
+        self.lesion_table, self.lesion_grid = lesion_table, tuple(lesion_grid)
 
     def random_map(self, record: dict, rng: np.random.Generator) -> dict:
         rng = rng if self.train else None
         rid = records.as_text(record["id"])
+        sid = records.as_text(record.get("study_id", b""))
+        meta = {"id": rid, "study_id": sid, "task": self.task}
+        if self.task == "lesion_map":
+            if sid not in self.lesion_table:
+                raise ValueError(f"record {rid}: study {sid} is not in the lesion table")
+            meta["reference"] = ""
+            return {"images": model_images(record, self.image, AugmentConfig(), None),
+                    "lesion_map": lesion_map(record, self.lesion_table[sid], self.lesion_grid), "meta": meta}
         out = {"images": model_images(record, self.image, self.augment, rng)}
         tok = tokenizer_for(self.tokenizer)
-        meta = {"id": rid, "study_id": records.as_text(record.get("study_id", b"")), "task": self.task}
         try:
             if self.task == "clip":
                 reference = clip_text(record)

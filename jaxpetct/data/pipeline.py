@@ -25,7 +25,7 @@ from jaxpetct.data.inputs import AugmentConfig, ImageConfig, TextConfig, ToModel
 
 @dataclasses.dataclass(frozen=True)
 class LoaderConfig:
-    task: str = "report"  # report | vqa | comparison | clip (encoder pre-training)
+    task: str = "report"  # report | vqa | comparison | clip, lesion_map (encoder pre-training)
     train: bool = True  # False: prompt-only encoding, canonical instructions, no augmentation (evaluation)
     batch_size: int = 2  # per host
     seed: int = 0
@@ -42,6 +42,8 @@ class LoaderConfig:
     read_threads: int = 2  # threads decoding ahead within a process
     read_buffer: int = 4  # batches read ahead within a process; Grain's default (500) would hold ~130 GB of
     #                       paper-size batches
+    lesion_table: Optional[dict] = None  # lesion_map task: {study_id: lesion centres} (data/lesion_map.py)
+    lesion_grid: tuple = ()  # lesion_map task: the encoder's (T, h, w) token grid
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -106,7 +108,8 @@ def records_dataset(source, config: LoaderConfig, *, shard_index: Optional[int] 
 
 def _examples(source, task: str, tokenizer: Any, config: LoaderConfig, shard_index, shard_count) -> grain.MapDataset:
     ds = records_dataset(source, config, shard_index=shard_index, shard_count=shard_count)
-    transform = ToModelInputs(task, tokenizer, config.image, config.augment, config.text, train=config.train)
+    transform = ToModelInputs(task, tokenizer, config.image, config.augment, config.text, train=config.train,
+                              lesion_table=config.lesion_table, lesion_grid=config.lesion_grid)
     return ds.random_map(transform, seed=config.seed)
 
 

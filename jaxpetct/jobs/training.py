@@ -17,10 +17,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxpetct.jobs import data as data_jobs
-from jaxpetct.models.factory import build_clip, build_vlm
+from jaxpetct.models.factory import build_clip, build_lesion_mapper, build_vlm
 from jaxpetct.train.loop import StageSpec, run_stage
 from jaxpetct.train.optimizer import STAGE_GROUPS, ParamGroup
-from jaxpetct.train.tasks import clip_loss, text_only_loss, vlm_answer_loss
+from jaxpetct.train.tasks import clip_loss, lesion_map_loss, text_only_loss, vlm_answer_loss
 from jaxpetct.train.weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def uses_lora(cfg, name: str) -> bool:
 
 def model_io(model) -> data_jobs.ModelIO:
     enc = model.encoder.cfg if hasattr(model, "encoder") else model.vision.cfg
-    return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]))
+    return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]), tuple(enc.grid))
 
 
 def encoder_lr_scale(cfg, name: str) -> float:
@@ -57,8 +57,22 @@ def encoder_lr_scale(cfg, name: str) -> float:
     return float(cfg.stages[name].get("encoder_lr_scale", 0.0) or 0.0)
 
 
+ENCODER_OBJECTIVES = ("clip", "lesion_map")
+
+
+def encoder_objective(cfg) -> str:
+    """What encoder_pretrain optimises: the paper's CLIP against report text, or lesion-centre maps."""
+    objective = cfg.stages.encoder_pretrain.get("objective", "clip")
+    if objective not in ENCODER_OBJECTIVES:
+        raise data_jobs.ConfigError(f"stages.encoder_pretrain.objective={objective!r}; use one of {ENCODER_OBJECTIVES}")
+    return objective
+
+
 def build_stage_model(cfg, name: str, *, mesh=None):
     if name == "encoder_pretrain":
+        if encoder_objective(cfg) == "lesion_map":
+            return build_lesion_mapper(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh,
+                                       pos_weight=float(cfg.stages.encoder_pretrain.get("pos_weight", 21.0)))
         return build_clip(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh)
     model_cfg = cfg.model.to_dict()
     if encoder_lr_scale(cfg, name) > 0:
@@ -107,6 +121,15 @@ def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
                      keep=int(s.keep), best_metric=s.best_metric or None)
 
 
+def stage_task(cfg, name: str):
+    """(loss function, data task override or None) of a stage."""
+    if name == "encoder_pretrain":
+        return (lesion_map_loss, "lesion_map") if encoder_objective(cfg) == "lesion_map" else (clip_loss, "clip")
+    if name == "lm_pretrain":
+        return text_only_loss, None
+    return vlm_answer_loss, None
+
+
 def loss_over(model, batches: list[dict], *, task=vlm_answer_loss, blank: bool = False) -> float:
     """Token-weighted mean loss of `model` over host batches (validation); `blank` zeroes the volumes."""
     if not batches:
@@ -147,8 +170,7 @@ def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progre
         model = build_stage_model(cfg, name, mesh=mesh)
         loaded = load_previous(model, cfg, workdir, name)
         io = model_io(model)
-        task_fn, data_task = {"encoder_pretrain": (clip_loss, "clip"),
-                              "lm_pretrain": (text_only_loss, None)}.get(name, (vlm_answer_loss, None))
+        task_fn, data_task = stage_task(cfg, name)
         n_train = data_jobs.num_train_examples(cfg, workdir)
         spec = stage_spec(cfg, name, n_train)
         it = data_jobs.train_iterator(cfg, workdir, io, task_override=data_task, seed=int(cfg.seed),

@@ -17,6 +17,7 @@ from jaxpetct.models.ctvit import CTViT, CTViTConfig
 from jaxpetct.models.decoder import Decoder
 from jaxpetct.models.hf_io import load_decoder
 from jaxpetct.models.lora import LoRAConfig, apply_lora
+from jaxpetct.models.lesion_map import LesionMapper
 from jaxpetct.models.projector import Projector, ProjectorConfig
 from jaxpetct.models.text_encoder import RobertaConfig, RobertaEncoder, load_roberta
 from jaxpetct.models.vlm import VLM
@@ -90,6 +91,7 @@ def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool =
     proj = _plain(model_cfg.get("projector", {}))
     pcfg = ProjectorConfig.for_encoder(
         enc_cfg, decoder.cfg.hidden_size, kind=proj.get("kind", "linear"), pool=int(proj.get("pool", 1)),
+        pool_op=proj.get("pool_op", "mean"), features=proj.get("features", "all"),
         dtype=dtype_of(proj.get("dtype", "float32")),
     )
     rngs = nnx.Rngs(seed, dropout=seed + 2)
@@ -104,6 +106,17 @@ def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool =
     if mesh is not None:
         state = place_state(nnx.state(model), mesh)
         nnx.update(model, state)
+    return model
+
+
+def build_lesion_mapper(model_cfg: Mapping, *, pos_weight: float = 21.0, seed: int = 0, mesh=None) -> LesionMapper:
+    """The lesion-map encoder pre-training model: CT-ViT + a per-token lesion-centre head."""
+    model_cfg = _plain(model_cfg)
+    rngs = nnx.Rngs(seed)
+    model = LesionMapper(CTViT(encoder_config(model_cfg.get("encoder", {})), rngs=rngs), pos_weight=pos_weight,
+                         rngs=rngs)
+    if mesh is not None:
+        nnx.update(model, place_state(nnx.state(model), mesh))
     return model
 
 

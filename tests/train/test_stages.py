@@ -164,3 +164,36 @@ def test_lora_dropout_trains_with_scanned_decoder_layers(built, tmp_path):
     cfg.stages.lora.steps = 2
     result = training.train(cfg, str(tmp_path), mesh=one_device(), stages=["lora"], progress=False)
     assert np.isfinite(result["lora"]["final"]["loss"])
+
+
+def test_lesion_map_encoder_pretraining_hands_ct_vit_to_the_vlm(built, tmp_path):
+    """encoder_pretrain with objective lesion_map (synthetic truth as the lesion table): CT-ViT and the head train,
+    the loss falls, and the next VLM stage starts from exactly that CT-ViT (the head is dropped)."""
+    _, make_cfg = built
+    cfg = make_cfg(tmp_path)
+    cfg.order = ("encoder_pretrain", "align")
+    cfg.model.encoder.patch_input_norm = False
+    cfg.model.encoder.lesion_channel = True  # the head lives in CT-ViT and goes to the VLM with it
+    cfg.stages.encoder_pretrain.update(objective="lesion_map", steps=12, peak_lr=3e-3, warmup_fraction=0.0)
+    mesh = one_device()
+    start = flat(training.build_stage_model(cfg, "encoder_pretrain", mesh=mesh))
+    assert not any("patch_norm_in" in k for k in start)
+    out = training.train(cfg, str(tmp_path), mesh=mesh, stages=["encoder_pretrain"], progress=False)
+    assert out["encoder_pretrain"]["steps"] == 12
+    after = trained(cfg, tmp_path, "encoder_pretrain")
+    moved = changed(start, after)
+    assert any(k.startswith("vision/") for k in moved) and any(k.startswith("vision/lesion_head/") for k in moved)
+    assert not any(k.startswith("head/") for k in after)
+    losses = [m["loss"] for m in read_metrics(str(tmp_path / "encoder_pretrain" / "metrics.jsonl")) if "loss" in m]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+    vlm = training.build_stage_model(cfg, "align", mesh=mesh)
+    training.load_previous(vlm, cfg, str(tmp_path), "align")
+    enc = {k[len("encoder/"):]: v for k, v in flat(vlm).items() if k.startswith("encoder/")}
+    vision = {k[len("vision/"):]: v for k, v in after.items() if k.startswith("vision/")}
+    assert enc.keys() == vision.keys() and all(np.array_equal(enc[k], vision[k]) for k in enc)
+    assert "lesion_head/kernel" in enc and vlm.projector.cfg.vision_dim == vlm.encoder.cfg.dim + 1
+
+    cfg.stages.encoder_pretrain.objective = "segmentation"
+    with pytest.raises(data_jobs.ConfigError, match="objective"):
+        training.build_stage_model(cfg, "encoder_pretrain", mesh=mesh)
