@@ -87,15 +87,40 @@ def dataset_names(cfg) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _cohort_settings(root: str) -> Optional[str]:
+    """The synthetic cohort's settings file as text (None for a cohort this job did not synthesise)."""
+    path = os.path.join(root, "synthetic_settings.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]] = None,
           quiet: bool = False) -> dict[str, BuildSummary]:
-    """Build (or reuse) every TFDS config the run needs; returns {config name: summary}."""
+    """Build (or reuse) every TFDS config the run needs; returns {config name: summary}.
+
+    A dataset built from a synthetic cohort remembers the cohort's settings; when `synth` has since rewritten
+    the cohort (other n, seed or size) the dataset is rebuilt instead of reused with studies that no longer exist.
+    """
     out = {}
+    root = manual_dir(cfg, workdir)
+    settings = _cohort_settings(root) if cfg.data.source == "synthetic" else None
     for name in names or dataset_names(cfg):
-        out[name] = build_dataset(
-            manual_dir(cfg, workdir), data_dir(cfg, workdir), name, beam=bool(cfg.data.beam),
-            beam_options=cfg.data.beam_options or None, workers=cfg.data.workers or None,
-            volume_shape=tuple(cfg.data.record_shape), salt=salt_of(cfg), seed=int(cfg.seed), progress=progress)
+        kw = dict(beam=bool(cfg.data.beam), beam_options=cfg.data.beam_options or None,
+                  workers=cfg.data.workers or None, volume_shape=tuple(cfg.data.record_shape), salt=salt_of(cfg),
+                  seed=int(cfg.seed), progress=progress)
+        out[name] = build_dataset(root, data_dir(cfg, workdir), name, **kw)
+        stamp = os.path.join(out[name].dataset_dir, "cohort_settings.json")
+        if settings is not None:
+            previous = open(stamp, encoding="utf-8").read() if os.path.isfile(stamp) else None
+            if out[name].reused and previous is not None and previous != settings:
+                log.info("dataset %s was built from an earlier synthetic cohort: rebuilding", name)
+                out[name] = build_dataset(root, data_dir(cfg, workdir), name, overwrite=True, **kw)
+            if previous != settings and jax.process_index() == 0:
+                with open(stamp + ".tmp", "w", encoding="utf-8") as f:
+                    f.write(settings)
+                os.replace(stamp + ".tmp", stamp)
         for line in ([] if quiet else out[name].lines()):
             log.info(line)
     return out
@@ -107,10 +132,37 @@ class ModelIO:
 
     input_shape: tuple  # (C, D, H, W)
     num_visual_tokens: int
+    grid: tuple = ()  # the encoder's (T, h, w) token grid (lesion_map targets)
+
+
+def lesion_table_path(cfg, workdir: str) -> str:
+    """data.lesion_table, or a synthetic cohort's own ground truth (synthetic_truth.jsonl)."""
+    if cfg.data.get("lesion_table"):
+        return os.path.abspath(cfg.data.lesion_table)
+    if cfg.data.source == "synthetic":
+        from jaxpetct.studies.synthetic import TRUTH
+
+        return os.path.join(manual_dir(cfg, workdir), TRUTH)
+    raise ConfigError("encoder_pretrain objective 'lesion_map' needs data.lesion_table (JSON lines of lesion centres "
+                      "on the CT grid, see jaxpetct/data/lesion_map.py); real cohorts have none by default")
+
+
+_LESION_TABLES: dict = {}
+
+
+def lesion_table(cfg, workdir: str) -> dict:
+    from jaxpetct.data.lesion_map import read_lesion_table
+
+    path, salt = lesion_table_path(cfg, workdir), salt_of(cfg)
+    stat = os.stat(path) if os.path.isfile(path) else None
+    key = (path, salt, stat and (stat.st_mtime_ns, stat.st_size))  # a rewritten table is read again
+    if key not in _LESION_TABLES:
+        _LESION_TABLES[key] = read_lesion_table(path, salt)
+    return _LESION_TABLES[key]
 
 
 def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: int = 0,
-                  batch_size: Optional[int] = None) -> pipeline.LoaderConfig:
+                  batch_size: Optional[int] = None, workdir: Optional[str] = None) -> pipeline.LoaderConfig:
     channels = tuple(cfg.data.image.channels)
     if len(channels) != io.input_shape[0]:
         raise ConfigError(f"data.image.channels {channels} give {len(channels)} channels but the encoder takes "
@@ -123,6 +175,8 @@ def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: 
     common = dict(task=task, batch_size=int(batch_size or cfg.data.batch_size), seed=seed,
                   buckets=tuple(cfg.data.buckets), image=image, augment=augment, text=text,
                   worker_count=int(cfg.data.worker_count) if train else 0)
+    if task == "lesion_map":
+        common.update(lesion_table=lesion_table(cfg, workdir), lesion_grid=tuple(io.grid))
     if train:
         return pipeline.LoaderConfig(train=True, **common)
     # Teacher-forced validation loss: training encoding, one ordered pass, the short last batch padded.
@@ -149,9 +203,14 @@ def text_tokenizer(cfg, task: Optional[str]):
 def train_iterator(cfg, workdir: str, io: ModelIO, *, task_override: Optional[str] = None, seed: int = 0,
                    batch_size: Optional[int] = None):
     """A checkpointable Grain iterator over this host's shard of the training mixture."""
-    config = loader_config(cfg, io, train=True, seed=seed, batch_size=batch_size)
+    config = loader_config(cfg, io, train=True, seed=seed, batch_size=batch_size, task=task_override or "report",
+                           workdir=workdir)
     tokenizer = text_tokenizer(cfg, task_override)
-    parts = [(source(cfg, workdir, name, "train"), task_override or task, float(w)) for name, task, w in cfg.data.train_mix]
+    if task_override == "lesion_map":  # lesion centres are placed on region records only
+        parts = [(source(cfg, workdir, "regions", "train"), "lesion_map", 1.0)]
+    else:
+        parts = [(source(cfg, workdir, name, "train"), task_override or task, float(w))
+                 for name, task, w in cfg.data.train_mix]
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     if len(parts) == 1:
         ds = pipeline.make_dataset(parts[0][0], tokenizer, dataclasses.replace(config, task=parts[0][1]), **shard)
@@ -167,7 +226,7 @@ def num_train_examples(cfg, workdir: str) -> int:
 def val_batches(cfg, workdir: str, io: ModelIO, *, task: str = "report", split: Optional[str] = None) -> list[dict]:
     """The validation split as teacher-forced batches (materialised once: it is small and read every eval)."""
     split = split or cfg.eval.val_split
-    config = loader_config(cfg, io, train=False, task=task, batch_size=cfg.data.eval_batch_size)
+    config = loader_config(cfg, io, train=False, task=task, batch_size=cfg.data.eval_batch_size, workdir=workdir)
     src = source(cfg, workdir, "regions", split)
     if len(src) == 0:
         return []
