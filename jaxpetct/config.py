@@ -50,8 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.source = "synthetic"  # synthetic | release | dicom
     c.data.manual_dir = ""  # release root or DICOM folder; synthetic: <workdir>/cohort
     c.data.data_dir = ""  # built TFDS datasets; default <workdir>/tfds
-    c.data.synthetic = ml_collections.ConfigDict(dict(n=160, seed=0, size="small"))
+    c.data.synthetic = ml_collections.ConfigDict(dict(n=600, seed=0, size="small"))
     c.data.record_shape = (32, 64, 64)  # grid the records store (D, H, W); the loader resizes to the encoder input
+    c.data.lesion_table = ""  # lesion centres for encoder_pretrain's lesion_map objective ("" = synthetic truth)
     c.data.beam = False
     c.data.beam_options = ""  # e.g. "runner=DataflowRunner,project=...,region=..." (TFDS syntax)
     c.data.workers = 0  # DirectRunner processes (0 = CPU count)
@@ -74,9 +75,13 @@ def base_config() -> ml_collections.ConfigDict:
                                                     noise_prob=0.5))
 
     c.model = ml_collections.ConfigDict()
+    # No patch input LayerNorm: it erases focal PET uptake before a briefly trained encoder can see it; a lesion
+    # channel: the per-token lesion logit that encoder_pretrain (lesion_map) trains, appended to the features.
     c.model.encoder = ml_collections.ConfigDict(dict(preset="tiny", channels=2, depth=32, height=64, width=64,
-                                                     patch_size=8, temporal_patch_size=4, dim=32))
-    c.model.projector = ml_collections.ConfigDict(dict(kind="linear", pool=1))
+                                                     patch_size=8, temporal_patch_size=4, dim=32,
+                                                     patch_input_norm=False, lesion_channel=True))
+    # The visual token of a slab is its maximum lesion logit (projector.py says why); the paper's reads all.
+    c.model.projector = ml_collections.ConfigDict(dict(kind="linear", pool=8, pool_op="max", features="lesion"))
     c.model.decoder = ml_collections.ConfigDict(dict(preset="tiny", hf_dir=""))
     c.model.lora = ml_collections.ConfigDict(dict(rank=16, alpha=32.0, dropout=0.05, targets=ALL_LINEARS))
     c.model.prefix_lm = False
@@ -90,17 +95,24 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-    # The paper's VLM stages (align: projector only, lr 2e-3; lora: LoRA + projector, lr 2e-5), at demo length.
-    # The tiny decoder is random, so the default first gives it the report language (lm_pretrain: text only,
-    # all decoder weights) -- the stand-in for the pretrained LLM that real configs load from model.decoder.hf_dir.
-    # "full" trains projector + decoder; "encoder_pretrain" trains CT-ViT against a text encoder (CLIP).
-    c.order = ("lm_pretrain", "align", "lora")
+    # The paper's VLM stages (align: projector only, lr 2e-3; lora: LoRA + projector, lr 2e-5), at demo length,
+    # after two stand-ins for the pretrained weights a real run loads (README, "The tiny default's recipe"):
+    # - encoder_pretrain with objective "lesion_map": CT-ViT learns where lesions are from the synthetic cohort's
+    #   lesion centres (the paper's CT-ViT comes CLIP-pretrained; a CLIP or report-only tiny encoder sees nothing);
+    # - full (projector + all decoder weights, from a random decoder): the stand-in for LLaVA-Med, a decoder that
+    #   already reads visual tokens. LoRA on a decoder that never saw an image learns to read one ~10x slower.
+    # lm_pretrain (text only, images blanked) is the stand-in for a text-only LLM; not in the default order.
+    c.order = ("encoder_pretrain", "full", "align", "lora")
     c.stages = ml_collections.ConfigDict()
+    # objective "clip" (the paper: volume vs report text) or "lesion_map" (per-token lesion centres from
+    # data.lesion_table, or a synthetic cohort's truth: jaxpetct/data/lesion_map.py); pos_weight weighs a
+    # lesion token against a background one in the lesion_map loss.
+    c.stages.encoder_pretrain = stage(1200, peak_lr=1e-3, weight_decay=1e-4, log_every=20, save_every=400,
+                                      best_metric="", objective="lesion_map", pos_weight=21.0)
     c.stages.lm_pretrain = stage(200, peak_lr=3e-3, log_every=10, save_every=100)
+    c.stages.full = stage(500, peak_lr=3e-3, log_every=10, save_every=250)
     c.stages.align = stage(150, peak_lr=2e-3, log_every=10, save_every=50)
     c.stages.lora = stage(300, peak_lr=2e-3, log_every=10, save_every=100, eval_every=100)
-    c.stages.full = stage(300, peak_lr=1e-3, log_every=10, save_every=100, eval_every=100)
-    c.stages.encoder_pretrain = stage(300, peak_lr=1e-4, log_every=10, save_every=100, best_metric="")
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"
@@ -172,6 +184,9 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.Con
                                                       param_dtype="float32", scan_layers=True, remat=True))
     c.model.lora = ml_collections.ConfigDict(dict(rank=64, alpha=16.0, dropout=0.05, targets=ALL_LINEARS))
     c.order = ("align", "lora")
+    # stage 1 of the paper, when a run adds it to `order`: CLIP against the reports (configs/paper/encoder_pretrain_*)
+    c.stages.encoder_pretrain = stage(epochs=20, peak_lr=1e-4, save_every=500, log_every=10, best_metric="",
+                                      objective="clip")
     c.stages.align = stage(epochs=20, peak_lr=2e-3, grad_accum_steps=16, save_every=500, log_every=10,
                            eval_every=1000)
     c.stages.lora = stage(epochs=20, peak_lr=2e-5, grad_accum_steps=8, save_every=500, log_every=10,

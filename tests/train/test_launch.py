@@ -20,14 +20,16 @@ def test_launch_all_modes_on_the_synthetic_cohort(built, subprocess_env, tmp_pat
     wd = tmp_path / "run"
     args = [f"--workdir={wd}", f"--config.data.manual_dir={shared}/cohort", f"--config.data.data_dir={shared}/tfds",
             "--config.data.batch_size=4", "--config.model.lora.rank=4", "--config.eval.max_examples=3",
-            "--config.eval.max_new_tokens=16", "--config.eval.batch_size=4"]
-    for stage in ("lm_pretrain", "align", "lora"):
+            "--config.eval.max_new_tokens=16", "--config.eval.batch_size=4",
+            "--config.data.synthetic.n=12", "--config.data.synthetic.size=tiny"]  # the fixture's cohort: reused
+    stages = ("encoder_pretrain", "full", "align", "lora")  # the default order
+    for stage in stages:
         args += [f"--config.stages.{stage}.steps=3", f"--config.stages.{stage}.save_every=3"]
     done = launch(args, subprocess_env)
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
     assert "validation loss:" in out and "export:" in out
-    for stage in ("lm_pretrain", "align", "lora"):
+    for stage in stages:
         assert (wd / stage / "done.json").is_file() and (wd / stage / "metrics.jsonl").is_file()
         assert any((wd / stage / "tensorboard").iterdir())
     summary = json.loads((wd / "eval" / "summary.json").read_text())
@@ -58,3 +60,24 @@ def test_real_data_refuses_the_public_demo_salt(subprocess_env, tmp_path):
     done = launch([f"--workdir={tmp_path}", "--mode=build", "--config.data.source=release",
                    f"--config.data.manual_dir={tmp_path}/release"], env, timeout=300)
     assert done.returncode == 2 and "salt" in done.stderr.splitlines()[-1]
+
+
+def test_a_rewritten_synthetic_cohort_rebuilds_its_datasets(tmp_path):
+    """Changing data.synthetic.n rewrites the cohort; the datasets built from the old one must not be reused."""
+    from jaxpetct.config import base_config
+    from jaxpetct.data.records import as_text
+    from jaxpetct.jobs import data as data_jobs
+
+    cfg = base_config()
+    cfg.data.synthetic.update(n=4, size="tiny")
+    cfg.data.record_shape = (8, 16, 16)
+    data_jobs.synth(cfg, str(tmp_path))
+    first = data_jobs.build(cfg, str(tmp_path), progress=False, names=["regions"])["regions"]
+    assert data_jobs.build(cfg, str(tmp_path), progress=False, names=["regions"])["regions"].reused
+    cfg.data.synthetic.n = 6
+    data_jobs.synth(cfg, str(tmp_path))
+    second = data_jobs.build(cfg, str(tmp_path), progress=False, names=["regions"])["regions"]
+    assert not second.reused and second.studies_listed == 6 and first.studies_listed == 4
+    table = data_jobs.lesion_table(cfg, str(tmp_path))
+    src = data_jobs.pipeline.open_source(second.dataset_dir, "train")
+    assert all(as_text(src[i]["study_id"]) in table for i in range(len(src)))
