@@ -1,8 +1,8 @@
 """The experiment configuration every file under configs/ starts from (big_vision style: configs are code).
 
 `base_config()` is the embedded tiny default: a synthetic cohort in the release layout, the `regions` dataset,
-a tiny CT-ViT + projector + Mistral-tokenizer decoder, and the paper's two VLM stages (projector alignment,
-then LoRA + projector) shortened to minutes on a laptop CPU. Experiment files copy it and change what differs;
+a tiny CT-ViT + projector + Mistral-tokenizer decoder, stand-ins for the pretrained encoder and VLM decoder a real
+run loads, then the paper's two VLM stages (projector alignment, then LoRA + projector), on a laptop CPU. Experiment files copy it and change what differs;
 `launch.py --config.a.b=value` overrides any leaf from the command line.
 """
 from __future__ import annotations
@@ -96,11 +96,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     # The paper's VLM stages (align: projector only, lr 2e-3; lora: LoRA + projector, lr 2e-5), at demo length,
-    # after two stand-ins for the pretrained weights a real run loads (README, "The tiny default's recipe"):
+    # after two stand-ins for the pretrained weights a real run loads (README, "Does the model see lesions?"):
     # - encoder_pretrain with objective "lesion_map": CT-ViT learns where lesions are from the synthetic cohort's
     #   lesion centres (the paper's CT-ViT comes CLIP-pretrained; a CLIP or report-only tiny encoder sees nothing);
     # - full (projector + all decoder weights, from a random decoder): the stand-in for LLaVA-Med, a decoder that
-    #   already reads visual tokens. LoRA on a decoder that never saw an image learns to read one ~10x slower.
+    #   already reads visual tokens. LoRA on a decoder that never saw an image barely learns to read one (given a
+    #   perfect lesion map, P(lesion sentence) after 300 LoRA steps: 0.415 on lesion regions vs 0.413 on normal
+    #   ones; after `full`: 0.777 vs 0.355).
     # lm_pretrain (text only, images blanked) is the stand-in for a text-only LLM; not in the default order.
     c.order = ("encoder_pretrain", "full", "align", "lora")
     c.stages = ml_collections.ConfigDict()
