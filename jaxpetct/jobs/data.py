@@ -23,6 +23,7 @@ from jaxpetct.data.records import as_text
 log = logging.getLogger(__name__)
 
 DEMO_SALT = "jaxpetct-synthetic-demo"
+COHORT_SETTINGS = "synthetic_settings.json"  # written by `synth`; a built dataset keeps a copy (see `build`)
 
 
 class ConfigError(ValueError):
@@ -59,7 +60,7 @@ def synth(cfg, workdir: str) -> Optional[dict]:
 
     root = manual_dir(cfg, workdir)
     wanted = {"n": int(cfg.data.synthetic.n), "seed": int(cfg.data.synthetic.seed), "size": cfg.data.synthetic.size}
-    marker = os.path.join(root, "synthetic_settings.json")
+    marker = os.path.join(root, COHORT_SETTINGS)
     if os.path.isfile(marker):
         with open(marker, encoding="utf-8") as f:
             if json.load(f) == wanted:
@@ -87,9 +88,8 @@ def dataset_names(cfg) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _cohort_settings(root: str) -> Optional[str]:
-    """The synthetic cohort's settings file as text (None for a cohort this job did not synthesise)."""
-    path = os.path.join(root, "synthetic_settings.json")
+def _read_text(path: str) -> Optional[str]:
+    """A small file's text, or None when it does not exist (the cohort's settings, a dataset's stamp of them)."""
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -105,15 +105,14 @@ def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]
     """
     out = {}
     root = manual_dir(cfg, workdir)
-    settings = _cohort_settings(root) if cfg.data.source == "synthetic" else None
+    settings = _read_text(os.path.join(root, COHORT_SETTINGS)) if cfg.data.source == "synthetic" else None
+    kw = dict(beam=bool(cfg.data.beam), beam_options=cfg.data.beam_options or None, workers=cfg.data.workers or None,
+              volume_shape=tuple(cfg.data.record_shape), salt=salt_of(cfg), seed=int(cfg.seed), progress=progress)
     for name in names or dataset_names(cfg):
-        kw = dict(beam=bool(cfg.data.beam), beam_options=cfg.data.beam_options or None,
-                  workers=cfg.data.workers or None, volume_shape=tuple(cfg.data.record_shape), salt=salt_of(cfg),
-                  seed=int(cfg.seed), progress=progress)
         out[name] = build_dataset(root, data_dir(cfg, workdir), name, **kw)
         stamp = os.path.join(out[name].dataset_dir, "cohort_settings.json")
         if settings is not None:
-            previous = open(stamp, encoding="utf-8").read() if os.path.isfile(stamp) else None
+            previous = _read_text(stamp)
             if out[name].reused and previous is not None and previous != settings:
                 log.info("dataset %s was built from an earlier synthetic cohort: rebuilding", name)
                 out[name] = build_dataset(root, data_dir(cfg, workdir), name, overwrite=True, **kw)
