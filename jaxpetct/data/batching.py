@@ -23,6 +23,10 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 DEFAULT_BUCKETS = (128, 256, 512, 1024, 2048)
+# Fields with a token axis (axis 1), right-padded in training encodings: a batch may be padded further with zeros
+# (no token, no loss) to agree with other hosts' length. Fill values of a row that carries nothing, where 0 is not.
+TOKEN_FIELDS = ("input_ids", "positions", "attention_mask", "image_mask", "loss_mask", "text_ids", "text_mask")
+EMPTY_ROW_VALUES = {"lesion_map": -1.0}  # -1 = no target (models/lesion_map.py)
 _META_STR = ("id", "study_id", "task", "reference", "conversation")
 
 

@@ -1,11 +1,13 @@
 """The Grain input pipeline: records on disk -> per-host batches, deterministic and resumable.
 
     data source (TFDS ArrayRecord, no TensorFlow) -> grain.MapDataset -> seeded global shuffle -> repeat
-    -> this host's shard (every process_count-th element) -> ToModelInputs (decode, augment, tokenize)
-    -> batch with length-bucket padding -> IterDataset -> multi-process prefetch
+    -> ToModelInputs (decode, augment, tokenize; seeded per element of the global order)
+    -> this host's rows of each global batch (`HostRows`) -> batch with length-bucket padding -> IterDataset
+    -> multi-process prefetch
 
 Shuffling happens before sharding, with the same seed on every host, so the hosts split one global order: within
-each epoch their shards are disjoint and together complete, and every host sees a fresh mixture each epoch.
+each epoch their shards are disjoint and together complete, and every host sees a fresh mixture each epoch. Host
+p of P holds rows [p*B, (p+1)*B) of each global batch of P*B, so the global batch does not depend on P.
 Everything up to the batch is index-addressable (MapDataset), so the iterator's state is a position: Grain's
 get_state/set_state (and grain.checkpoint's Orbax handler, used by train/checkpoint.py) make a resumed run see
 exactly the batches it would have seen.
@@ -95,22 +97,56 @@ def shard_of(shard_index: Optional[int], shard_count: Optional[int]) -> tuple[in
     return shard_index, shard_count
 
 
+class HostRows(grain.MapDataset):
+    """Host `index` of `count`'s rows of each global batch: global batch k is elements [k*G, (k+1)*G) of the
+    parent (G = count * batch_size) and this host holds the `index`-th block of `batch_size` of them.
+
+    So the hosts' batches, concatenated in process order, are exactly the batch one host would read with batch
+    size G: a run's data (and, with the per-element seeds of the global order, its augmentation and dropout rows)
+    does not depend on how many hosts read it. The short last batch of a finite parent is split the same way
+    (later hosts may get fewer rows, or none).
+    """
+
+    def __init__(self, parent: grain.MapDataset, index: int, count: int, batch_size: int):
+        super().__init__(parent)
+        self._index, self._count, self._batch = index, count, batch_size
+
+    def __len__(self) -> int:
+        n, g, b = len(self._parent), self._count * self._batch, self._batch
+        full, rest = divmod(n, g)
+        return full * b + min(b, max(0, rest - self._index * b))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.slice(i)
+        k, j = divmod(i, self._batch)
+        return self._parent[k * self._count * self._batch + self._index * self._batch + j]
+
+    def __str__(self) -> str:
+        return f"HostRows(index={self._index}, count={self._count}, batch_size={self._batch})"
+
+
+def _global_order(source, config: LoaderConfig) -> grain.MapDataset:
+    ds = grain.MapDataset.source(source)
+    if config.shuffle:
+        ds = ds.shuffle(seed=config.seed)
+    return ds.repeat(config.num_epochs)
+
+
 def records_dataset(source, config: LoaderConfig, *, shard_index: Optional[int] = None,
                     shard_count: Optional[int] = None) -> grain.MapDataset:
     """Shuffled, repeated and sharded records (no decoding yet): the part the sharding tests inspect."""
     index, count = shard_of(shard_index, shard_count)
-    ds = grain.MapDataset.source(source)
-    if config.shuffle:
-        ds = ds.shuffle(seed=config.seed)
-    ds = ds.repeat(config.num_epochs)
-    return ds[index::count]
+    return HostRows(_global_order(source, config), index, count, config.batch_size)
 
 
 def _examples(source, task: str, tokenizer: Any, config: LoaderConfig, shard_index, shard_count) -> grain.MapDataset:
-    ds = records_dataset(source, config, shard_index=shard_index, shard_count=shard_count)
+    index, count = shard_of(shard_index, shard_count)
     transform = ToModelInputs(task, tokenizer, config.image, config.augment, config.text, train=config.train,
                               lesion_table=config.lesion_table, lesion_grid=config.lesion_grid)
-    return ds.random_map(transform, seed=config.seed)
+    # Random draws are seeded by the element's place in the global order, before the host split.
+    ds = _global_order(source, config).random_map(transform, seed=config.seed)
+    return HostRows(ds, index, count, config.batch_size)
 
 
 def _batched(ds: grain.MapDataset, tokenizer: Any, config: LoaderConfig) -> grain.IterDataset:

@@ -13,10 +13,12 @@ jitted generation (`vlm_generate`) and writes, atomically (temp file + os.replac
                      BERTScore when a local encoder folder is given (otherwise a note says it was skipped); counts,
                      decoding settings, skipped examples with reasons, timing.
 
-An example is an `EvalExample`: a pseudonymous id, the encoder-ready volume (C, D, H, W) and one or more
-(question, reference answer) turns; `EvalExample.report` / `.vqa` / `from_llava` build them. Bad examples
+An example is an `EvalExample`: a pseudonymous id, the encoder-ready volume (C, D, H, W; or a `LazyVolume` that
+only the process holding its batch row reads, in a multi-host job) and one or more (question, reference answer) turns; `EvalExample.report` / `.vqa` / `from_llava` build them. Bad examples
 (wrong volume shape, an id that is not a pseudonym, a prompt the template rejects) are skipped with a reason and
 the run goes on. VQA turns see earlier turns' reference answers or the model's own (`DecodingConfig.vqa_history`).
+Every process of a multi-host job walks the same examples in the same order and gets every answer back; process 0
+writes the files, so each example appears exactly once whatever the number of hosts.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import pathlib
 import re
 import tempfile
 import time
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -36,7 +38,7 @@ from jaxpetct.atomic import write_text
 from jaxpetct.eval.clinical import clinical_f1
 from jaxpetct.eval.lesions import extract_lesions
 from jaxpetct.eval.metrics import compute_text_metrics
-from jaxpetct.eval.vlm_generate import DecodingConfig, PromptRow, VLMGenerator
+from jaxpetct.eval.vlm_generate import DecodingConfig, LazyVolume, PromptRow, VLMGenerator
 from jaxpetct.models.vlm import VLM
 from jaxpetct.text.prompts import Message, PromptError, encode_conversation, image_turn, report_instruction
 from jaxpetct.text.report import nfc
@@ -55,7 +57,7 @@ class EvalExampleError(ValueError):
 class EvalExample:
     id: str  # pseudonymous (e.g. Study.study_id, or "<study_id>:<region>")
     task: str  # "report" | "vqa"
-    image: np.ndarray  # (C, D, H, W) float32: the encoder's input, as the data pipeline decodes it
+    image: Union[np.ndarray, LazyVolume]  # (C, D, H, W) float32: the encoder's input, as the pipeline decodes it
     turns: tuple[tuple[str, str], ...]  # (question or instruction, reference answer); no <image> placeholder
     region: Optional[str] = None  # report: region name, None = whole study
     study_id: Optional[str] = None
@@ -94,10 +96,11 @@ def validate(example: EvalExample, input_shape: tuple) -> None:
         raise EvalExampleError("needs at least one (question, reference) turn of strings")
     if example.task == "report" and len(example.turns) != 1:
         raise EvalExampleError("a report example has exactly one turn")
-    shape = tuple(np.shape(example.image))
+    lazy = isinstance(example.image, LazyVolume)  # read later, by the process whose devices hold its row
+    shape = tuple(example.image.shape if lazy else np.shape(example.image))
     if shape != tuple(input_shape):
         raise EvalExampleError(f"volume shape {shape} != the encoder's input {tuple(input_shape)}")
-    if not np.all(np.isfinite(example.image)):
+    if not lazy and not np.all(np.isfinite(example.image)):
         raise EvalExampleError("volume has non-finite values")
 
 
@@ -135,7 +138,8 @@ class _Run:
         enc = encode_conversation(_messages(example, turn, history, self.decoding.system), self.gen.tokenizer,
                                   self.decoding.template, num_image_tokens=self.gen.num_visual_tokens,
                                   prompt_only=True)
-        return PromptRow(enc.input_ids, enc.image_mask, np.asarray(example.image, np.float32))
+        image = example.image if isinstance(example.image, LazyVolume) else np.asarray(example.image, np.float32)
+        return PromptRow(enc.input_ids, enc.image_mask, image)
 
     def _answer(self, rows: list[PromptRow]) -> list[str]:
         out = []

@@ -6,7 +6,8 @@ Prompts are left-padded to the smallest length bucket that holds the batch's lon
 filled to `batch_size` rows, so a whole split compiles at most once per bucket: rows of different length never
 cause a recompile. On a mesh the batch axis is split over ('data', 'fsdp') (the rules table's 'batch'); the model
 must already be placed (e.g. `jaxpetct.parallel.rules.init_sharded` / `place_state`). Every process passes the
-same rows; each device receives only its slice, and the results are gathered back to every host.
+same rows; each device receives only its slice, each process decodes only the volumes of its devices' rows (a
+`LazyVolume` is read where it is needed), and the generated tokens are gathered back to every host.
 
 Sampling is deterministic: batch `i` draws from `fold(seed, i)`, so a run with the same examples, order and batch
 size repeats exactly (greedy decoding needs no seed at all).
@@ -17,17 +18,19 @@ import contextlib
 import dataclasses
 import functools
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from jaxpetct.eval.generate import SamplingConfig, generate
-from jaxpetct.models.safetensors_io import host_array, place
+from jaxpetct.models.safetensors_io import host_array
 from jaxpetct.models.vlm import VLM
+from jaxpetct.parallel.batches import replicated_to_global
+from jaxpetct.parallel.rules import named_sharding
 from jaxpetct.text.prompts import ALIASES
 from jaxpetct.text.tokenizer import Tokenizer
 
@@ -85,10 +88,26 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class LazyVolume:
+    """A volume read only where it is needed: in a multi-host evaluation every process walks the same prompts,
+    but each decodes only the volumes of the batch rows its own devices hold."""
+
+    shape: tuple  # (C, D, H, W)
+    load: Callable[[], np.ndarray]  # -> float32 array of `shape`
+
+    def __call__(self) -> np.ndarray:
+        return self.load()
+
+
+def volume_array(image: Union[np.ndarray, LazyVolume]) -> np.ndarray:
+    return np.asarray(image() if isinstance(image, LazyVolume) else image, np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
 class PromptRow:
     input_ids: np.ndarray  # (L,) int32, prompt-only encoding
     image_mask: np.ndarray  # (L,) bool, T positions
-    image: np.ndarray  # (C, D, H, W) float32
+    image: Union[np.ndarray, LazyVolume]  # (C, D, H, W) float32
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -120,14 +139,17 @@ class VLMGenerator:
         shards = 1 if mesh is None else math.prod(mesh.shape.get(a, 1) for a in BATCH_AXES)
         self.rows = -(-decoding.batch_size // shards) * shards  # the batch must split evenly over the mesh
 
-    def _put(self, array: np.ndarray) -> jax.Array:
-        if self.mesh is None:
-            return jnp.asarray(array)
-        spec = PartitionSpec(BATCH_AXES, *([None] * (array.ndim - 1)))
-        return place(array, NamedSharding(self.mesh, spec))
+    def _owned_rows(self, n: int) -> set[int]:
+        """Rows of an n-row batch that this process's devices hold (every row in a single-process job)."""
+        if self.mesh is None or jax.process_count() == 1:
+            return set(range(n))
+        sharding = named_sharding(("batch",), (n,), self.mesh)
+        return {i for index in sharding.addressable_devices_indices_map((n,)).values()
+                for i in range(*index[0].indices(n))}
 
     def arrays(self, rows: Sequence[PromptRow]) -> dict[str, np.ndarray]:
-        """Host arrays of one batch: left padding to the bucket, filler rows (copies of row 0) to `self.rows`."""
+        """Host arrays of one batch: left padding to the bucket, filler rows (row 0's prompt, a blank volume) to
+        `self.rows`. Volumes are read only for the rows this process's devices hold; the others stay zero."""
         if not 0 < len(rows) <= self.rows:
             raise ValueError(f"a batch holds 1..{self.rows} rows, got {len(rows)}")
         length = bucket_length(max(len(r.input_ids) for r in rows), self.decoding.length_buckets)
@@ -136,13 +158,15 @@ class VLMGenerator:
         mask = np.zeros((n, length), bool)
         image_mask = np.zeros((n, length), bool)
         images = np.zeros((n, *self.input_shape), np.float32)
+        owned = self._owned_rows(n)
         for i in range(n):
             r = rows[i] if i < len(rows) else rows[0]
             k = len(r.input_ids)
             ids[i, length - k:] = r.input_ids
             mask[i, length - k:] = True
             image_mask[i, length - k:] = r.image_mask
-            images[i] = r.image
+            if i < len(rows) and i in owned:
+                images[i] = volume_array(r.image)
         return {"input_ids": ids, "attention_mask": mask, "image_mask": image_mask, "images": images}
 
     def generate(self, rows: Sequence[PromptRow], batch_index: int) -> list[list[int]]:
@@ -150,7 +174,7 @@ class VLMGenerator:
         d = self.decoding
         seed = (d.seed * 1_000_003 + batch_index) % (2**31 - 1)
         with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-            x = {k: self._put(v) for k, v in host.items()}
+            x = replicated_to_global(host, self.mesh) if self.mesh is not None else jax.tree.map(jnp.asarray, host)
             embeds = _prompt_embeds(self.graphdef, self.state, x["images"], x["input_ids"], x["image_mask"])
             out = generate(self.decoder, inputs_embeds=embeds, attention_mask=x["attention_mask"],
                            bidirectional_mask=x["attention_mask"] if self.prefix_lm else None,

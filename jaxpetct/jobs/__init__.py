@@ -10,18 +10,24 @@ import logging
 import os
 import time
 
+from typing import Optional
+
 import jax
 
+from jaxpetct.atomic import write_text
 from jaxpetct.data.plan import CohortError
-from jaxpetct.jobs.data import ConfigError, build, synth
+from jaxpetct.jobs.data import ConfigError, build, ensure_data, synth
 from jaxpetct.jobs.evaluation import evaluate, export
 from jaxpetct.jobs.training import train
+from jaxpetct.parallel.mesh import MeshError
+from jaxpetct.parallel.multihost import PrimaryFailed, on_primary
 
 log = logging.getLogger(__name__)
 
 MODES = ("synth", "build", "train", "eval", "export", "all")
 # Errors that mean "the user's input or config is wrong": launch.py prints them as one line, no traceback.
-USER_ERRORS = (ConfigError, CohortError, FileNotFoundError)
+# PrimaryFailed: what process 0 did for everyone (build, export) failed; its own traceback is on process 0.
+USER_ERRORS = (ConfigError, CohortError, FileNotFoundError, MeshError, PrimaryFailed)
 
 
 def make_run_mesh(cfg):
@@ -35,30 +41,43 @@ def save_config(cfg, workdir: str) -> None:
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(cfg.to_json_best_effort(indent=1))
-    os.replace(tmp, path)
+    write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=1))
 
 
-def run(mode: str, cfg, workdir: str, *, progress: bool = True) -> dict:
-    """Run one mode (or "all") and return a JSON-able summary of what it did."""
+def _synth_on_primary(cfg, workdir: str):
+    return on_primary(lambda: synth(cfg, workdir), "writing the synthetic cohort")
+
+
+def _build_on_primary(cfg, workdir: str, progress: bool) -> dict:
+    def make():
+        return {k: {"dir": v.dataset_dir, "examples": v.examples, "quarantined": len(v.quarantined)}
+                for k, v in build(cfg, workdir, progress=progress).items()}
+
+    return on_primary(make, "building the datasets")
+
+
+def run(mode: str, cfg, workdir: str, *, progress: bool = True, stages: Optional[list[str]] = None) -> dict:
+    """Run one mode (or "all") and return a JSON-able summary of what it did (the same on every process).
+
+    Every process of a multi-host job runs this; what writes shared files (cohort, datasets, summaries, viewer,
+    export) happens on process 0 while the others wait. `stages` trains only those stages (mode "train").
+    """
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; use one of {MODES}")
     save_config(cfg, workdir)
     summary: dict = {}
     steps = ("synth", "build", "train", "eval", "export") if mode == "all" else (mode,)
     mesh = make_run_mesh(cfg) if any(s in ("train", "eval", "export") for s in steps) else None
+    if mode in ("train", "eval"):  # the datasets these read: built here when missing (process 0 builds)
+        ensure_data(cfg, workdir, progress=progress)
     for step in steps:
         t0 = time.perf_counter()
         if step == "synth":
-            summary["synth"] = synth(cfg, workdir)
+            summary["synth"] = _synth_on_primary(cfg, workdir)
         elif step == "build":
-            summary["build"] = {k: {"dir": v.dataset_dir, "examples": v.examples, "quarantined": len(v.quarantined)}
-                                for k, v in build(cfg, workdir, progress=progress).items()}
+            summary["build"] = _build_on_primary(cfg, workdir, progress)
         elif step == "train":
-            summary["train"] = train(cfg, workdir, mesh=mesh, progress=progress)
+            summary["train"] = train(cfg, workdir, mesh=mesh, stages=stages, progress=progress)
         elif step == "eval":
             summary["eval"] = evaluate(cfg, workdir, mesh=mesh, progress=progress)
         elif step == "export":
@@ -66,10 +85,8 @@ def run(mode: str, cfg, workdir: str, *, progress: bool = True) -> dict:
         summary.setdefault("seconds", {})[step] = round(time.perf_counter() - t0, 1)
         log.info("%s done in %.1f s", step, summary["seconds"][step])
     if jax.process_index() == 0:
-        path = os.path.join(workdir, f"summary_{mode}.json")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1, ensure_ascii=False, default=str)
-        os.replace(path + ".tmp", path)
+        write_text(os.path.join(workdir, f"summary_{mode}.json"),
+                   json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     return summary
 
 

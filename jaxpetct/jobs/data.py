@@ -18,6 +18,7 @@ import numpy as np
 from jaxpetct.data import pipeline
 from jaxpetct.data.build import BuildSummary, build_dataset
 from jaxpetct.data.inputs import AugmentConfig, ImageConfig, TextConfig, model_images
+from jaxpetct.atomic import write_text
 from jaxpetct.data.records import as_text
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,7 @@ def synth(cfg, workdir: str) -> Optional[dict]:
             return {"root": root, "reused": True, "n": None}
         raise ConfigError(f"data.manual_dir {root} is not empty and holds no cohort: refusing to write into it")
     summary = write_cohort(root, wanted["n"], wanted["seed"], size=wanted["size"], overwrite=True)
-    tmp = marker + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(wanted, f)
-    os.replace(tmp, marker)
+    write_text(marker, json.dumps(wanted))
     return {"root": root, "reused": False, **wanted, "summary": str(summary)}
 
 
@@ -96,8 +94,7 @@ def _read_text(path: str) -> Optional[str]:
         return f.read()
 
 
-def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]] = None,
-          quiet: bool = False) -> dict[str, BuildSummary]:
+def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]] = None) -> dict[str, BuildSummary]:
     """Build (or reuse) every TFDS config the run needs; returns {config name: summary}.
 
     A dataset built from a synthetic cohort remembers the cohort's settings; when `synth` has since rewritten
@@ -116,11 +113,9 @@ def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]
             if out[name].reused and previous is not None and previous != settings:
                 log.info("dataset %s was built from an earlier synthetic cohort: rebuilding", name)
                 out[name] = build_dataset(root, data_dir(cfg, workdir), name, overwrite=True, **kw)
-            if previous != settings and jax.process_index() == 0:
-                with open(stamp + ".tmp", "w", encoding="utf-8") as f:
-                    f.write(settings)
-                os.replace(stamp + ".tmp", stamp)
-        for line in ([] if quiet else out[name].lines()):
+            if previous != settings:
+                write_text(stamp, settings)
+        for line in out[name].lines():
             log.info(line)
     return out
 
@@ -183,9 +178,40 @@ def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: 
                                  **{**common, "augment": AugmentConfig(), "text": dataclasses.replace(text, instruction_variants=False, paraphrase_prob=0.0)})
 
 
+def ensure_data(cfg, workdir: str, *, progress: bool = True) -> dict:
+    """The cohort and every dataset the run reads exist once this returns, on every process.
+
+    Process 0 synthesises and builds (reusing what is already there); the others wait, then read the same
+    directories, so `data_dir` and the workdir must be storage every host sees. Returns
+    {"synth": ..., "build": {config: {dir, examples, quarantined}}} on every process.
+    """
+    from jaxpetct.parallel.multihost import on_primary
+
+    def make():
+        synth(cfg, workdir)
+        built = build(cfg, workdir, progress=progress)
+        return {name: {"dir": b.dataset_dir, "examples": b.examples, "quarantined": len(b.quarantined)}
+                for name, b in built.items()}
+
+    return on_primary(make, "building the datasets")
+
+
+def dataset_path(cfg, workdir: str, name: str) -> str:
+    """Where the built TFDS config `name` (at data.record_shape) lives; FileNotFoundError when it is not built."""
+    from jaxpetct.data.build import make_config
+
+    built_name = make_config(name, volume_shape=tuple(cfg.data.record_shape)).name  # as `build` names it
+    try:
+        return pipeline.dataset_dir(data_dir(cfg, workdir), built_name)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"dataset vimed_pet/{built_name} is not built under {data_dir(cfg, workdir)}: run --mode build first "
+            "(in a multi-host job data.data_dir must be storage every host reads)") from None
+
+
 def source(cfg, workdir: str, name: str, split: str):
-    path = build(cfg, workdir, progress=False, names=[name], quiet=True)[name].dataset_dir
-    return pipeline.open_source(path, split)
+    """A random-access source over one split of a built dataset (never builds: see `ensure_data`)."""
+    return pipeline.open_source(dataset_path(cfg, workdir, name), split)
 
 
 def text_tokenizer(cfg, task: Optional[str]):
@@ -222,16 +248,16 @@ def num_train_examples(cfg, workdir: str) -> int:
     return sum(len(source(cfg, workdir, name, "train")) for name, _, _ in cfg.data.train_mix)
 
 
-def val_batches(cfg, workdir: str, io: ModelIO, *, task: str = "report", split: Optional[str] = None) -> list[dict]:
-    """The validation split as teacher-forced batches (materialised once: it is small and read every eval)."""
+def val_batches(cfg, workdir: str, io: ModelIO, *, task: str = "report", split: Optional[str] = None):
+    """This host's shard of the validation split as teacher-forced batches: a dataset each evaluation iterates
+    afresh (a paper-size split does not fit in memory), or None when the split is empty."""
     split = split or cfg.eval.val_split
     config = loader_config(cfg, io, train=False, task=task, batch_size=cfg.data.eval_batch_size, workdir=workdir)
     src = source(cfg, workdir, "regions", split)
     if len(src) == 0:
-        return []
-    ds = pipeline.make_dataset(src, text_tokenizer(cfg, task), config, shard_index=jax.process_index(),
-                               shard_count=jax.process_count())
-    return list(iter(ds))
+        return None
+    return pipeline.make_dataset(src, text_tokenizer(cfg, task), config, shard_index=jax.process_index(),
+                                 shard_count=jax.process_count())
 
 
 def eval_examples(cfg, workdir: str, io: ModelIO, *, split: Optional[str] = None, blank: bool = False) -> Iterator:
@@ -239,22 +265,30 @@ def eval_examples(cfg, workdir: str, io: ModelIO, *, split: Optional[str] = None
     from `regions`) and, when eval.tasks has "vqa", multi-turn VQA conversations (from `vqa`).
 
     `blank=True` gives the same examples with all-zero volumes: the baseline that shows whether the model uses
-    the image at all.
+    the image at all. Volumes are `LazyVolume`s: in a multi-host job only the process whose devices hold an
+    example's batch row decodes its volume.
     """
     from jaxpetct.eval.runner import EvalExample
 
     config = loader_config(cfg, io, train=False)
     split = split or cfg.eval.split
+    from jaxpetct.eval.vlm_generate import LazyVolume
+
+    shape = (len(config.image.channels), *config.image.shape)
+
+    def volume(src, i: int):
+        if blank:
+            return LazyVolume(shape, lambda: np.zeros(shape, np.float32))
+        return LazyVolume(shape, lambda: model_images(src[i], config.image, AugmentConfig(), None))
+
     for task, name in (("report", "regions"), ("vqa", "vqa")):
         if task not in tuple(cfg.eval.tasks):
             continue
         src = source(cfg, workdir, name, split)
         limit = int(cfg.eval.max_examples) or len(src)
         for i in range(min(limit, len(src))):
-            record = src[i]
-            image = model_images(record, config.image, AugmentConfig(), None)
-            if blank:
-                image = np.zeros_like(image)
+            record = src[i]  # the text; the volume is decoded again by the process that needs it (LazyVolume)
+            image = volume(src, i)
             rid = as_text(record["id"]).replace("/", ":")
             study = as_text(record["study_id"])
             if task == "report":

@@ -20,6 +20,7 @@ from jaxpetct.eval.vlm_generate import DecodingConfig
 from jaxpetct.jobs import data as data_jobs
 from jaxpetct.jobs import training
 from jaxpetct.jobs.probe import lesion_probe
+from jaxpetct.parallel.multihost import barrier, on_primary
 from jaxpetct.text.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,16 @@ def evaluate(cfg, workdir: str, *, mesh=None, progress: bool = True) -> dict:
                          os.path.join(out, "blank"), **kw)
         summary["blank_images"] = _headline(blank)
         val = data_jobs.val_batches(cfg, workdir, io)
-        summary["val_loss"] = training.loss_over(model, val)
-        summary["val_loss_blank_images"] = training.loss_over(model, val, blank=True)
+        if val is not None:
+            summary["val_loss"] = training.loss_over(model, val, mesh=mesh)
+            summary["val_loss_blank_images"] = training.loss_over(model, val, mesh=mesh, blank=True)
     if cfg.eval.get("lesion_probe", False):
-        summary["lesion_probe"] = lesion_probe(cfg, workdir, model, progress=progress)
-    if cfg.eval.viewer and jax.process_index() == 0:
-        summary["viewer"] = write_viewer(cfg, workdir, out)
+        summary["lesion_probe"] = lesion_probe(cfg, workdir, model, mesh=mesh, progress=progress)
+    if cfg.eval.viewer:
+        summary["viewer"] = on_primary(lambda: write_viewer(cfg, workdir, out), "writing the viewer")
     if jax.process_index() == 0:
         _write_json(os.path.join(out, "summary.json"), summary)
+    barrier("jaxpetct:eval-written")  # the files are complete before any process moves on
     return summary
 
 
@@ -91,4 +94,5 @@ def export(cfg, workdir: str, *, mesh=None) -> str:
     out = os.path.join(os.path.abspath(workdir), "export")
     dtype = None if cfg.export.dtype in ("", "float32") else cfg.export.dtype
     export_vlm(model, out, tokenizer=cfg.data.tokenizer, template=cfg.data.template, dtype=dtype)
+    barrier("jaxpetct:export-written")  # every process gathers weights; process 0 writes; all return after
     return out

@@ -5,6 +5,7 @@ them, and hands numpy features and report-derived labels to the pure probe.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 
@@ -19,6 +20,8 @@ from jaxpetct.data.records import as_text
 from jaxpetct.eval.probe import ProbeSplit, pet_block_max, probe, token_block_max
 from jaxpetct.jobs import data as data_jobs
 from jaxpetct.jobs import training
+from jaxpetct.models.safetensors_io import host_array
+from jaxpetct.parallel.batches import replicated_to_global
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +69,34 @@ def _split_features(cfg, workdir: str, model, split: str, encode, progress: bool
         images = np.stack([model_images(r, image_cfg, AugmentConfig(), None) for r in records])
         if pet_channel is not None:
             feats["input_pet"].append(pet_block_max(images[:, pet_channel]))
-        feats["encoder"].append(token_block_max(np.asarray(encode(jnp.asarray(images)), np.float32)))
+        feats["encoder"].append(token_block_max(np.asarray(encode(images), np.float32)))
     feats = {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in feats.items()}
     return feats, np.asarray(labels), np.asarray(regions), skipped
 
 
-def lesion_probe(cfg, workdir: str, model, *, progress: bool = True) -> dict:
-    """{feature set: {region: accuracy, AUROC, majority accuracy, ...}} for the input PET and CT-ViT features."""
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _encode(graphdef, state, images):
+    return nnx.merge(graphdef, state)(images).astype(jnp.float32)
+
+
+def lesion_probe(cfg, workdir: str, model, *, mesh=None, progress: bool = True) -> dict:
+    """{feature set: {region: accuracy, AUROC, majority accuracy, ...}} for the input PET and CT-ViT features.
+
+    Every process reads the same records and gets every feature back (the encoder runs on the whole mesh, each
+    device on its rows), so every host fits the same probe.
+    """
     graphdef, state = nnx.split(model.encoder)
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
-    @jax.jit
-    def encode(state, images):
-        return nnx.merge(graphdef, state)(images).astype(jnp.float32)
-
-    def run(images):
-        return encode(state, images)
+    def run(images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        if mesh is None:
+            return np.asarray(_encode(graphdef, state, jnp.asarray(images)))
+        rows = -(-n // shards) * shards  # the batch splits evenly over the mesh's batch axes
+        padded = np.concatenate([images, np.zeros((rows - n, *images.shape[1:]), images.dtype)])
+        with jax.set_mesh(mesh):
+            out = _encode(graphdef, state, replicated_to_global({"images": padded}, mesh)["images"])
+        return host_array(out)[:n]
 
     train_f, train_y, train_r, skipped = _split_features(cfg, workdir, model, "train", run, progress)
     # Scored on the evaluation split (eval.split), like the report metrics; the L2 strength is chosen by

@@ -6,19 +6,24 @@ unfinished stage the checkpoint restores state, RNG and data position exactly.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
-from typing import Optional
+from typing import Iterable, Optional
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from jaxpetct.atomic import write_text
+from jaxpetct.data.batching import EMPTY_ROW_VALUES, TOKEN_FIELDS
 from jaxpetct.jobs import data as data_jobs
 from jaxpetct.models.factory import build_clip, build_lesion_mapper, build_vlm
-from jaxpetct.train.loop import StageSpec, run_stage
+from jaxpetct.parallel.batches import aligned, batch_sharding, to_global
+from jaxpetct.parallel.multihost import on_primary
+from jaxpetct.train.loop import StageSpec, model_arrays, run_stage
 from jaxpetct.train.optimizer import STAGE_GROUPS, ParamGroup
 from jaxpetct.train.tasks import clip_loss, lesion_map_loss, text_only_loss, vlm_answer_loss
 from jaxpetct.train.weights import load_weights, save_weights
@@ -130,26 +135,40 @@ def stage_task(cfg, name: str):
     return vlm_answer_loss, None
 
 
-def loss_over(model, batches: list[dict], *, task=vlm_answer_loss, blank: bool = False) -> float:
-    """Token-weighted mean loss of `model` over host batches (validation); `blank` zeroes the volumes."""
-    if not batches:
-        return float("nan")
+@functools.partial(jax.jit, static_argnames=("graphdef", "task"))
+def _loss_sums(graphdef, state, batch, task):
+    loss_sum, count, _ = task(nnx.merge(graphdef, state), batch, train=False)
+    return loss_sum, count
+
+
+def loss_over(model, batches: Iterable[dict], *, mesh, task=vlm_answer_loss, blank: bool = False) -> float:
+    """Token-weighted mean loss of `model` over a split's host batches (validation); `blank` zeroes the volumes.
+
+    Every process passes its own shard of the split; the sums are taken over the global batches, so every host
+    gets the same value (it decides the best checkpoint and what the run prints). NaN when the split is empty.
+    """
     graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def sums(state, batch):
-        m = nnx.merge(graphdef, state)
-        loss_sum, count, _ = task(m, batch, train=False)
-        return loss_sum, count
-
     total, count = 0.0, 0.0
-    for b in batches:
-        arrays = {k: v for k, v in b.items() if k != "meta"}
-        if blank:
-            arrays["images"] = jnp.zeros_like(arrays["images"])
-        s, c = sums(state, arrays)
-        total, count = total + float(s), count + float(c)
-    return total / max(count, 1.0)
+    with jax.set_mesh(mesh):
+        for host in aligned((model_arrays(b) for b in batches), TOKEN_FIELDS, EMPTY_ROW_VALUES):
+            if blank:
+                host["images"] = np.zeros_like(host["images"])
+            s, c = _loss_sums(graphdef, state, to_global(host, batch_sharding(mesh, host)), task)
+            total, count = total + float(s), count + float(c)
+    return total / count if count > 0 else float("nan")
+
+
+def _stage_done(workdir: str, name: str) -> Optional[dict]:
+    """The stage's done.json as process 0 sees it (a shared file system may show it late to other hosts)."""
+
+    def read():
+        path = os.path.join(stage_dir(workdir, name), "done.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    return on_primary(read, f"reading stage {name}'s done.json")
 
 
 def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progress: bool = True,
@@ -161,11 +180,10 @@ def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progre
         raise data_jobs.ConfigError(f"unknown stages {unknown} in order; known: {STAGE_NAMES}")
     summaries = {}
     for name in stages or order:
-        done = os.path.join(stage_dir(workdir, name), "done.json")
-        if os.path.isfile(done):
-            with open(done, encoding="utf-8") as f:
-                summaries[name] = json.load(f)
-            log.info("stage %s already done (%s)", name, done)
+        done = _stage_done(workdir, name)
+        if done is not None:
+            summaries[name] = done
+            log.info("stage %s already done (%s)", name, stage_dir(workdir, name))
             continue
         model = build_stage_model(cfg, name, mesh=mesh)
         loaded = load_previous(model, cfg, workdir, name)
@@ -176,7 +194,7 @@ def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progre
         it = data_jobs.train_iterator(cfg, workdir, io, task_override=data_task, seed=int(cfg.seed),
                                       batch_size=stage_batch_size(cfg, name))
         val = data_jobs.val_batches(cfg, workdir, io, task=data_task or "report")
-        evaluate = (lambda m: {"val_loss": loss_over(m, val, task=task_fn)}) if val else None
+        evaluate = (lambda m: {"val_loss": loss_over(m, val, mesh=mesh, task=task_fn)}) if val is not None else None
         result = run_stage(model, task_fn, spec, train_iter=it, mesh=mesh, workdir=stage_dir(workdir, name),
                            seed=int(cfg.seed), evaluate=evaluate, progress=progress, stop_after=stop_after)
         if result.last_step < spec.steps:
@@ -188,10 +206,7 @@ def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progre
                    "initialised_from": init_from(cfg, name), "loaded": len(loaded["loaded"]) if loaded else 0,
                    "final": result.metrics}
         if jax.process_index() == 0:
-            tmp = done + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(summary, f, indent=1)
-            os.replace(tmp, done)
+            write_text(os.path.join(stage_dir(workdir, name), "done.json"), json.dumps(summary, indent=1))
         summaries[name] = summary
     return summaries
 

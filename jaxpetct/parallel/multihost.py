@@ -8,11 +8,13 @@ launcher passes the coordinator address, process count and process id explicitly
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +117,79 @@ def process_count() -> int:
 def is_primary() -> bool:
     """Only process 0 writes shared files (checkpoint metadata, exports, logs)."""
     return jax.process_index() == 0
+
+
+# ---- collectives every process must call together (no-ops in a single-process job) ------------------------------
+# Decisions that end or shape a run (stop on divergence or preemption, which checkpoint is best, which length a
+# batch is padded to) must be the same on every host, or the hosts run different programs and the job hangs. These
+# helpers make them the same: each exchanges a few bytes through the devices, so call them where every process
+# passes in the same order (never under a condition only one host sees).
+
+
+class PrimaryFailed(RuntimeError):
+    """Work that only process 0 does (build, export) failed there; the other processes raise this with its reason."""
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier called `name` (e.g. after process 0 wrote a shared file)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def allgather_ints(values: Sequence[int]) -> np.ndarray:
+    """(processes, len(values)) int64: every process's `values` (the same length on every process)."""
+    row = np.asarray(values, np.int64).reshape(1, -1)
+    if jax.process_count() == 1:
+        return row
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(row.astype(np.int32), tiled=True)).astype(np.int64)
+
+
+def agree_max(values: Sequence[int]) -> tuple[int, ...]:
+    """Element-wise maximum of `values` over the processes (e.g. the length every host pads its batch to)."""
+    return tuple(int(v) for v in allgather_ints(values).max(axis=0))
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on any (a SIGTERM seen by one host stops all of them)."""
+    return bool(allgather_ints([int(bool(flag))]).max())
+
+
+def allgather_json(obj: Any) -> list:
+    """Every process's JSON-able `obj`, in process order (a few kB: schemas, statuses, error messages)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj, ensure_ascii=False).encode("utf-8"), np.uint8)
+    longest = int(allgather_ints([data.size]).max())
+    padded = np.zeros((1, longest), np.uint8)
+    padded[0, : data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded, tiled=True))
+    return [json.loads(bytes(r).rstrip(b"\0").decode("utf-8")) for r in rows]
+
+
+def on_primary(fn: Callable[[], Any], what: str) -> Any:
+    """Run `fn` on process 0 only (work that writes shared files), then hand its JSON-able result to every
+    process; the others wait meanwhile. When `fn` raises on process 0, it re-raises there and every other
+    process raises `PrimaryFailed` with the same one-line reason, instead of waiting at a barrier forever."""
+    result, error = None, None
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others have been told
+            error = e
+    if jax.process_count() == 1:
+        if error is not None:
+            raise error
+        return result
+    shared = allgather_json({"result": result, "error": None if error is None else
+                             f"{type(error).__name__}: {' '.join(str(error).split())}"})[0]
+    if error is not None:
+        raise error
+    if shared["error"] is not None:
+        raise PrimaryFailed(f"{what} failed on process 0: {shared['error']}")
+    return shared["result"]

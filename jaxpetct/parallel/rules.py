@@ -15,6 +15,7 @@ import math
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -167,6 +168,29 @@ def init_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh,
     return nnx.merge(graphdef, state)
 
 
+def _place_leaf(x: Any, sharding: NamedSharding) -> Any:
+    """One host-local value -> a global array on `sharding`, each device taking its slice of the host copy.
+
+    `jax.device_put` onto devices of other processes first checks that every process holds the same value (an
+    all-gather of the whole array) and refuses PRNG key arrays outright (LoRA dropout keys). Every process built
+    the same value from the same seed, so each can cut its own devices' slices locally.
+    """
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        return x
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = jax.random.key_data(x)
+        key_spec = PartitionSpec(*sharding.spec, *([None] * (data.ndim - x.ndim)))
+        placed = _place_leaf(data, NamedSharding(sharding.mesh, key_spec))
+        return jax.random.wrap_key_data(placed, impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.device_put(x, sharding)  # already global: a reshard, done by the compiler
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def place_state(state: Any, mesh: Mesh, rules: Sequence[tuple[str, MeshAxes]] = LOGICAL_RULES) -> Any:
-    """Move an existing (e.g. single-device) state to its shards."""
-    return jax.device_put(state, state_shardings(state, mesh, rules))
+    """Move an existing (e.g. single-device) state to its shards, on any number of processes."""
+    shardings = state_shardings(state, mesh, rules)
+    if jax.process_count() == 1:
+        return jax.device_put(state, shardings)
+    return jax.tree.map(_place_leaf, state, shardings)

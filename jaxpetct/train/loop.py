@@ -18,7 +18,10 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxpetct.parallel.rules import named_sharding, state_shardings
+from jaxpetct.data.batching import TOKEN_FIELDS
+from jaxpetct.parallel.batches import agree, batch_sharding, to_global  # noqa: F401 (to_global: public here too)
+from jaxpetct.parallel.multihost import any_process
+from jaxpetct.parallel.rules import state_shardings
 from jaxpetct.train import perf
 from jaxpetct.train.checkpoint import Checkpointer, abstract_like
 from jaxpetct.train.optimizer import STAGE_GROUPS, ParamGroup, Schedule, assign_groups, make_optimizer, path_str
@@ -71,19 +74,9 @@ def split_trainable(model: nnx.Module, groups: tuple[ParamGroup, ...]):
     return graphdef, params, frozen, group_of
 
 
-def batch_sharding(mesh, batch: dict) -> dict:
-    """Batch dimension over (data, fsdp), everything else replicated."""
-    return {k: named_sharding(("batch",) + (None,) * (np.ndim(v) - 1), np.shape(v), mesh) for k, v in batch.items()}
-
-
 def model_arrays(batch: dict) -> dict:
     """The numeric arrays of a loader batch; host-side metadata (ids, references) never enters the step."""
     return {k: v for k, v in batch.items() if k != "meta" and np.asarray(v).dtype.kind in "biuf"}
-
-
-def to_global(batch: dict, shardings: dict) -> dict:
-    """Per-host numpy batch -> global jax.Arrays laid out by `shardings` (multi-host safe)."""
-    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
 
 
 def prepare_state(model: nnx.Module, spec: StageSpec, mesh, *, seed: int = 0):
@@ -161,7 +154,7 @@ def run_stage(
     end = spec.steps if stop_after is None else min(spec.steps, stop_after)
     try:
         while step < end:
-            host_batch = model_arrays(next(train_iter))
+            host_batch = agree(model_arrays(next(train_iter)), TOKEN_FIELDS)  # one length on every host
             b_sh = batch_sharding(mesh, host_batch)
             batch = to_global(host_batch, b_sh)
             signature = tuple(sorted((k, v.shape) for k, v in host_batch.items()))
@@ -172,9 +165,9 @@ def run_stage(
                     compiled[signature] = jitted.lower(state, batch).compile()
                 flops = perf.compiled_flops(compiled[signature])
             state, metrics = compiled[signature](state, batch)
-            window_tokens += int(np.asarray(host_batch["attention_mask"]).sum()) if "attention_mask" in host_batch else 0
             window_steps += 1
             metrics = jax.device_get(metrics)
+            window_tokens += int(metrics.pop("batch_tokens", 0))
             if not int(metrics["finite"]):
                 ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name, "stopped": "non-finite"},
                           force=True)
@@ -204,7 +197,7 @@ def run_stage(
             ckpt_metrics = {k: v for k, v in record.items() if k.startswith("val_")} or None
             ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name}, metrics=ckpt_metrics,
                       force=(step == spec.steps))
-            if ckpt.preempted(step):
+            if any_process(ckpt.preempted(step)):  # a SIGTERM on one host stops every host at this step
                 ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name, "stopped": "preempted"},
                           force=True)
                 ckpt.wait()

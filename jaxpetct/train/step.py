@@ -93,6 +93,8 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, tx: optax.GradientTransf
             opt_state=keep(new_opt, state.opt_state),
         )
         metrics = {"loss": loss, "tokens": count, "grad_norm": grad_norm, "finite": finite.astype(jnp.int32)}
+        if "attention_mask" in batch:  # every real token the step processed, over all hosts (for tokens/s)
+            metrics["batch_tokens"] = jnp.sum(batch["attention_mask"].astype(jnp.int32))
         metrics.update({k: jnp.mean(v) for k, v in aux.items()})
         return new_state, metrics
 
