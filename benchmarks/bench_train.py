@@ -9,8 +9,10 @@ what a training run gets minus data loading.
     python benchmarks/bench_train.py --decoder mistral_7b --stage lora --batch 8 --length 2048 --dtype bfloat16 \
         --remat --json out.json      # the paper's stage-3 shape (LoRA r64 on all linears)
 
-MFU counts the FLOPs XLA compiled for the step (vision tower, attention and remat recomputation included) over
-the device's bf16 peak; it is blank on CPUs.
+FLOPs come from `perf.count_flops`, which walks the step's jaxpr with loop bodies multiplied out (XLA's cost
+analysis counts the layer scan and the loss's vocabulary scan once each): model TFLOPs per step (vision tower,
+attention and the frozen parts' forward included, remat recomputation not) give MFU, executed TFLOPs (remat
+included) give HFU, both over all devices x the device's dense bf16 peak; blank on CPUs (no peak).
 """
 from __future__ import annotations
 
@@ -84,7 +86,9 @@ def main(argv=None) -> dict:
     glob = to_global(host, b_sh)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     with jax.set_mesh(mesh):
-        step = jax.jit(make_train_step(graphdef, vlm_answer_loss, tx), in_shardings=(state_sh, b_sh),
+        step_fn = make_train_step(graphdef, vlm_answer_loss, tx)
+        flops = perf.count_flops(step_fn, state, glob)  # traced before the state is donated
+        step = jax.jit(step_fn, in_shardings=(state_sh, b_sh),
                        out_shardings=(state_sh, None), donate_argnums=(0,))
         t0 = time.perf_counter()
         compiled = step.lower(state, glob).compile()
@@ -96,17 +100,20 @@ def main(argv=None) -> dict:
             state, metrics = compiled(state, glob)
         jax.block_until_ready(metrics)
     step_s = (time.perf_counter() - t0) / a.steps
-    flops = perf.compiled_flops(compiled)
+    devices = len(jax.devices())
     row = {"decoder": a.decoder, "encoder": a.encoder, "stage": a.stage, "dtype": a.dtype, "batch": a.batch,
-           "length": a.length, "devices": len(jax.devices()), "device": jax.devices()[0].device_kind,
+           "length": a.length, "devices": devices, "device": jax.devices()[0].device_kind,
            "step_s": step_s, "tokens_per_s": a.batch * a.length / step_s, "compile_s": compile_s,
-           "tflops_per_step_per_device": (flops or 0) / 1e12, "mfu": perf.mfu(flops, step_s),
+           "model_tflops_per_step": flops.model / 1e12, "executed_tflops_per_step": flops.executed / 1e12,
+           "mfu": perf.mfu(flops.model, step_s, devices), "hfu": perf.mfu(flops.executed, step_s, devices),
            "memory_gib": (perf.compiled_memory_bytes(compiled) or 0) / 2**30, "loss": float(metrics["loss"])}
-    print("| decoder | encoder | stage | dtype | batch x len | device | step (s) | tokens/s | MFU | memory (GiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    mfu = "" if row["mfu"] is None else f"{100 * row['mfu']:.1f} %"
-    print(f"| {a.decoder} | {a.encoder} | {a.stage} | {a.dtype} | {a.batch}x{a.length} | {row['devices']}x "
-          f"{row['device']} | {step_s:.3f} | {row['tokens_per_s']:.0f} | {mfu} | {row['memory_gib']:.2f} |")
+    pct = lambda x: "" if x is None else f"{100 * x:.1f} %"  # noqa: E731
+    print("| decoder | encoder | stage | dtype | batch x len | device | step (s) | tokens/s | model TFLOP/step | "
+          "MFU | HFU | memory (GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {a.decoder} | {a.encoder} | {a.stage} | {a.dtype} | {a.batch}x{a.length} | {devices}x "
+          f"{row['device']} | {step_s:.3f} | {row['tokens_per_s']:.0f} | {row['model_tflops_per_step']:.4g} | "
+          f"{pct(row['mfu'])} | {pct(row['hfu'])} | {row['memory_gib']:.2f} |")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(row, f, indent=1)

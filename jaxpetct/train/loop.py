@@ -149,7 +149,7 @@ def run_stage(
                dynamic_ncols=True)
     last_metrics: dict = {}
     window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
-    flops = None
+    flop_counts: dict = {}
     step = start
     end = spec.steps if stop_after is None else min(spec.steps, stop_after)
     try:
@@ -162,8 +162,9 @@ def run_stage(
                 with jax.set_mesh(mesh):
                     jitted = jax.jit(step_fn, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, None),
                                      donate_argnums=(0,))
+                    flop_counts[signature] = perf.count_flops(step_fn, state, batch)  # loops multiplied out
                     compiled[signature] = jitted.lower(state, batch).compile()
-                flops = perf.compiled_flops(compiled[signature])
+            flops = flop_counts[signature]
             state, metrics = compiled[signature](state, batch)
             window_steps += 1
             metrics = jax.device_get(metrics)
@@ -183,9 +184,11 @@ def run_stage(
                 dt = time.perf_counter() - window_t0
                 step_s = dt / max(window_steps, 1)
                 record.update(step_time_s=step_s, tokens_per_s=window_tokens / max(dt, 1e-9))
-                m = perf.mfu(flops, step_s)
-                if m is not None:
-                    record["mfu"] = m
+                record["model_tflops_per_step"] = flops.model / 1e12  # all devices together
+                for key, count in (("mfu", flops.model), ("hfu", flops.executed)):  # accelerators only
+                    value = perf.mfu(count, step_s, jax.device_count())
+                    if value is not None:
+                        record[key] = value
                 window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
             eval_now = evaluate is not None and (step == end or (spec.eval_every and step % spec.eval_every == 0))
             if eval_now:
