@@ -36,6 +36,12 @@ class Precision:
         return jnp.dtype(self.param_dtype)
 
 
+# "nothing": recompute the whole layer in the backward (least memory); "dots": keep the outputs of the weight
+# matmuls (q/k/v/o, gate/up/down) and recompute only element-wise work and attention's batched products (more
+# memory, ~no extra matmul FLOPs: the faster choice when activations fit).
+REMAT_POLICIES = ("nothing", "dots")
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig(Precision):
     """Shapes and switches of one decoder.
@@ -65,6 +71,7 @@ class DecoderConfig(Precision):
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "nothing"  # with remat: what the backward keeps ("nothing", or "dots": matmul outputs)
     scan_layers: bool = False
     attention_impl: str = "auto"
     bos_token_id: Optional[int] = 1
@@ -80,6 +87,8 @@ class DecoderConfig(Precision):
             raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ConfigError(f"sliding_window={self.sliding_window} must be a positive int or None")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(f"remat_policy={self.remat_policy!r}: expected one of {REMAT_POLICIES}")
         if self.attention_impl not in ("auto", "xla", "cudnn"):
             raise ConfigError(f"attention_impl={self.attention_impl!r}: expected 'auto', 'xla' or 'cudnn'")
         if self.rope_scaling is not None:

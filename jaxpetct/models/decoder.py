@@ -149,7 +149,9 @@ class Decoder(nnx.Module):
         index = None if cache is None else cache.index
         step = _apply_layer
         if cfg.remat:
-            step = nnx.remat(_apply_layer, policy=jax.checkpoint_policies.nothing_saveable)
+            policy = {"nothing": jax.checkpoint_policies.nothing_saveable,
+                      "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[cfg.remat_policy]
+            step = nnx.remat(_apply_layer, policy=policy)
         if cfg.scan_layers:
             kv = None if cache is None else (cache.k, cache.v)
 

@@ -107,7 +107,7 @@ def load_decoder(directory: Union[str, os.PathLike], *, mesh: Optional[Mesh] = N
                  **config_overrides) -> Decoder:
     """A `Decoder` with the weights of an HF safetensors directory, each tensor placed with its sharding.
 
-    `config_overrides` set runtime fields (dtype, param_dtype, remat, scan_layers, attention_impl).
+    `config_overrides` set runtime fields (dtype, param_dtype, remat, remat_policy, scan_layers, attention_impl).
     """
     directory = pathlib.Path(directory)
     if not directory.is_dir():

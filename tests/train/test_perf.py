@@ -353,3 +353,22 @@ def test_train_logs_and_bench_train_report_the_hand_counted_flops(tmp_path):
         bench_cfg.hidden_size + enc
     assert row["model_tflops_per_step"] * 1e12 == pytest.approx(bench_hand, rel=0.05)
     assert json.loads((tmp_path / "bench.json").read_text())["model_tflops_per_step"] == row["model_tflops_per_step"]
+
+
+def test_remat_policy_dots_keeps_the_weight_matmuls():
+    """remat_policy="dots" recomputes only attention's batched products, "nothing" the whole layer; the model FLOPs
+    (and the gradients) do not change."""
+    batch, length, chunk = 2, 64, 1024
+    counts = {}
+    for policy in ("nothing", "dots"):
+        cfg = small_decoder(remat=True).replace(remat_policy=policy)
+        step, params, ids = decoder_step(cfg, batch, length, chunk)
+        counts[policy] = perf.count_flops(step, params, ids)
+    cfg = small_decoder(remat=True)
+    model, recompute_all = decoder_hand_flops(cfg, batch, length, chunk, loss_rows=batch * (length - 1))
+    attention = cfg.num_layers * 2 * 2 * batch * cfg.num_heads * length * length * cfg.head_dim
+    assert counts["nothing"].model == counts["dots"].model == pytest.approx(model, rel=0.05)
+    assert counts["nothing"].recomputed == pytest.approx(recompute_all, rel=0.05)
+    assert counts["dots"].recomputed == pytest.approx(attention, rel=0.05)
+    with pytest.raises(cfglib.ConfigError, match="remat_policy"):
+        small_decoder(remat=True).replace(remat_policy="some")
