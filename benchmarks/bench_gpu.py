@@ -29,7 +29,8 @@ there; name kind nvidia-h200 to compare with the peer's H200 figures like for li
 
 Knobs worth trying on a GPU: `--attention cudnn|xla` (default auto: cuDNN flash attention for bf16 training),
 `--loss-chunk` (vocabulary chunk of the training loss; larger chunks mean fewer, bigger head matmuls),
-`--remat-a` (trade compute for memory in case a), `--xla-flags "--xla_gpu_enable_triton_gemm=false"` and
+`--remat-a` (trade compute for memory in case a), `--remat-policy dots` (keep the weight matmuls' outputs: ~25 % fewer
+FLOPs in case b, more memory), `--xla-flags "--xla_gpu_enable_triton_gemm=false"` and
 `--mem-fraction` (XLA_PYTHON_CLIENT_MEM_FRACTION of the children; JAX reserves 75 % by default).
 """
 from __future__ import annotations
@@ -67,6 +68,8 @@ def parse(argv=None):
     p.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
     p.add_argument("--loss-chunk", type=int, default=4096)
     p.add_argument("--remat-a", action="store_true", help="remat in case a too")
+    p.add_argument("--remat-policy", default="nothing", choices=["nothing", "dots"],
+                   help="what remat keeps: nothing (least memory) or the weight matmuls' outputs (fewer FLOPs)")
     p.add_argument("--lora-param-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="compute dtype")
     p.add_argument("--visual-tokens", type=int, default=256)
@@ -152,7 +155,7 @@ def train_case(case: str, a) -> dict:
                "width": 8, "patch_size": 8, "dtype": dtype}  # grid (T, 1, 1): one visual token per slab
     cfg = {"encoder": encoder, "projector": {"kind": "linear", "pool": 1, "dtype": dtype},
            "decoder": {**s["decoder"], "dtype": dtype, "param_dtype": param_dtype, "scan_layers": True,
-                       "remat": remat, "attention_impl": a.attention},
+                       "remat": remat, "remat_policy": a.remat_policy, "attention_impl": a.attention},
            "lora": {"rank": s.get("rank", 64), "alpha": 16.0, "dropout": 0.05}, "loss_chunk": a.loss_chunk}
     t0 = time.perf_counter()
     mesh = make_mesh({"data": 1}, jax.devices()[:1])  # one chip, like the peer
@@ -339,7 +342,7 @@ def main(argv=None) -> dict:
     else:
         result = run_isolated(a, argv)
     result.update(dry=a.dry, knobs={k: getattr(a, k) for k in ("attention", "loss_chunk", "remat_a",
-                                                                "lora_param_dtype", "xla_flags")})
+                                                                "remat_policy", "lora_param_dtype", "xla_flags")})
     print(table(result), flush=True)
     if a.json:
         tmp = a.json + ".tmp"
