@@ -11,11 +11,12 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxpetct.data.batching import TOKEN_FIELDS
@@ -92,8 +93,45 @@ def prepare_state(model: nnx.Module, spec: StageSpec, mesh, *, seed: int = 0):
     with jax.set_mesh(mesh):
         params = jax.device_put(params, state_shardings(params, mesh))
         frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
-        state = jax.jit(lambda p, f: init_state(p, f, tx, seed=seed))(params, frozen)
+        state = jax.jit(lambda p, f: init_state(p, f, tx, seed=seed),
+                        out_shardings=train_state_shardings(params, frozen, tx, mesh))(params, frozen)
     return graphdef, state, tx, group_of, schedule
+
+
+def _path_keys(path) -> tuple[str, ...]:
+    return tuple(str(k) for k in path)
+
+
+def optimizer_shardings(tx, params: Any, mesh) -> Any:
+    """Shardings of `tx.init(params)`: every moment laid out like its parameter, the rest (counts) replicated.
+
+    Left to the compiler, `zeros_like(params)` inside the jitted init is a constant with no sharding, and Adam's
+    two moments came out replicated on every device: FSDP sharded the weights but not the optimizer state (for the
+    paper's align stage, 2 x 4.8 GB of projector moments on every GPU). A moment's path in the optimizer state
+    ends with its parameter's path, which is how it finds the parameter's sharding.
+    """
+    is_sharding = lambda x: isinstance(x, NamedSharding)  # noqa: E731
+    by_path = {_path_keys(p): (s, leaf.shape) for (p, s), leaf in zip(
+        jax.tree_util.tree_flatten_with_path(state_shardings(params, mesh), is_leaf=is_sharding)[0],
+        jax.tree.leaves(params))}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path, leaf):
+        keys = _path_keys(path)
+        for start in range(len(keys)):
+            found = by_path.get(keys[start:])
+            if found is not None and tuple(found[1]) == tuple(leaf.shape):
+                return found[0]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, jax.eval_shape(tx.init, params))
+
+
+def train_state_shardings(params: Any, frozen: Any, tx, mesh) -> TrainState:
+    """Where every leaf of a stage's TrainState lives: the rules table for weights, their moments alike."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return TrainState(step=replicated, params=state_shardings(params, mesh), frozen=state_shardings(frozen, mesh),
+                      opt_state=optimizer_shardings(tx, params, mesh), rng=replicated)
 
 
 @dataclasses.dataclass
