@@ -71,7 +71,18 @@ def split_trainable(model: nnx.Module, groups: tuple[ParamGroup, ...]):
     graphdef, params, frozen = nnx.split(model, trainable, ...)
     if not jax.tree.leaves(params):
         raise ValueError(f"no parameter matches the stage's groups {[g.pattern for g in groups]}: nothing would train")
-    group_of = jax.tree_util.tree_map_with_path(lambda p, _: assign_groups([path_str(p)], groups)[0], params)
+
+    def label(path, _):
+        # A leaf's path inside the State ends with the Variable's `.value`; the filter above saw the variable's
+        # path. Label the same path, or a pattern anchored with `$` trains a weight the optimizer never sees.
+        if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+            path = path[:-1]
+        return assign_groups([path_str(path)], groups)[0]
+
+    group_of = jax.tree_util.tree_map_with_path(label, params)
+    unlabeled = [path_str(p) for p, g in jax.tree_util.tree_flatten_with_path(group_of)[0] if g is None]
+    if unlabeled:
+        raise ValueError(f"trainable weights without an optimizer group: {unlabeled[:3]}")
     return graphdef, params, frozen, group_of
 
 
@@ -84,17 +95,23 @@ def prepare_state(model: nnx.Module, spec: StageSpec, mesh, *, seed: int = 0):
     """(graphdef, initial TrainState laid out on `mesh`, optimizer, group names, schedule) of a stage.
 
     The state's structure depends only on the model and the stage, never on the mesh, which is what lets a
-    checkpoint written on one mesh be restored onto another (`abstract_like(state)` is the restore target).
+    checkpoint written on one mesh be restored onto another (`abstract_like(state)` is the restore target). The
+    state takes over the model's own arrays (no second copy of a 7B model): the first step, which donates the
+    state, consumes them, so use the stage's result, not `model`, afterwards.
     """
     groups = spec.param_groups()
     graphdef, params, frozen, group_of = split_trainable(model, groups)
     schedule = Schedule(spec.peak_lr, spec.steps, spec.warmup_fraction, spec.final_lr_fraction)
     tx = make_optimizer(params, group_of, groups, schedule, weight_decay=spec.weight_decay, clip_norm=spec.clip_norm)
+    shardings = train_state_shardings(params, frozen, tx, mesh)
     with jax.set_mesh(mesh):
-        params = jax.device_put(params, state_shardings(params, mesh))
-        frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
-        state = jax.jit(lambda p, f: init_state(p, f, tx, seed=seed),
-                        out_shardings=train_state_shardings(params, frozen, tx, mesh))(params, frozen)
+        params = jax.device_put(params, shardings.params)
+        frozen = jax.device_put(frozen, shardings.frozen)
+        # Only the new leaves are made under jit: a jitted init_state would return copies of params and frozen
+        # (jit does not pass inputs through), briefly holding the whole model twice.
+        fresh = jax.jit(lambda p: init_state(p, None, tx, seed=seed).replace(params=None),
+                        out_shardings=shardings.replace(params=None, frozen=None))(params)
+    state = fresh.replace(params=params, frozen=frozen)
     return graphdef, state, tx, group_of, schedule
 
 

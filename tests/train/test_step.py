@@ -106,3 +106,18 @@ def test_adam_moments_are_sharded_like_their_parameters():
     sharded = [x for x in params.values() if not x.sharding.is_fully_replicated]
     assert sharded and sum(x.addressable_shards[0].data.size for x in jax.tree.leaves(state.opt_state)) < 0.5 * sum(
         x.size for x in jax.tree.leaves(state.opt_state))
+
+
+def test_a_group_pattern_anchored_at_the_end_labels_what_it_trains():
+    """The optimizer's group labels come from the same paths as the trainable filter (a `$`-anchored pattern once
+    made a weight trainable with no label: optax then applied the raw gradient as the update)."""
+    from jaxpetct.train.loop import split_trainable
+    from jaxpetct.train.optimizer import ParamGroup
+
+    class Two(nnx.Module):
+        def __init__(self):
+            self.head = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+
+    _, params, frozen, group_of = split_trainable(Two(), (ParamGroup("k", r"^head/kernel$"),))
+    assert jax.tree.leaves(group_of) == ["k"] and len(jax.tree.leaves(params)) == 1
+    assert len(jax.tree.leaves(frozen)) == 1  # the bias
