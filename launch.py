@@ -4,7 +4,7 @@ With no arguments it runs the embedded default end to end on a CPU: synthetic co
 LoRA -> evaluation -> export, into runs/demo/. On a pod, run the same command on every host (TPU pods, SLURM
 and Open MPI are detected; otherwise pass --coordinator_address/--num_processes/--process_id).
 
-Modes: synth | build | train | eval | export | all (default).
+Modes: synth | build | train | eval | export | all (default) | plan.
 """
 import os
 import sys
@@ -16,7 +16,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(_HERE, "configs", "default.py"), "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory: cohort, datasets, checkpoints, metrics.")
-_MODE = flags.DEFINE_enum("mode", "all", ["synth", "build", "train", "eval", "export", "all"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "all", ["synth", "build", "train", "eval", "export", "all", "plan"],
+                          "What to run (plan: compile every stage on virtual CPU devices, write plan.json).")
 _STAGE = flags.DEFINE_list("stage", None, "Train only these stages (default: the config's order).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (explicit multi-host).")
@@ -34,18 +35,22 @@ def main(argv):
     std_logging.getLogger("jaxpetct").setLevel(std_logging.INFO)
     from jaxpetct.parallel.multihost import initialize
 
-    initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if _MODE.value != "plan":  # a plan is one process on virtual CPU devices: no distributed runtime
+        initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     import jaxpetct.jobs as jobs
 
     cfg = _CONFIG.value
     workdir = os.path.abspath(_WORKDIR.value)
     try:
-        if _STAGE.value and _MODE.value == "train":
-            mesh = jobs.make_run_mesh(cfg)
-            jobs.save_config(cfg, workdir)
-            summary = {"train": jobs.train(cfg, workdir, mesh=mesh, stages=_STAGE.value, progress=_PROGRESS.value)}
-        else:
-            summary = jobs.run(_MODE.value, cfg, workdir, progress=_PROGRESS.value)
+        if _MODE.value == "plan":
+            from jaxpetct.jobs import plan
+
+            plan.use_virtual_devices(cfg)  # before anything starts a JAX backend
+            print(plan.format_table(plan.plan(cfg, workdir, stages=_STAGE.value)))
+            return 0
+        if _STAGE.value and _MODE.value != "train":
+            raise jobs.ConfigError("--stage selects stages to train: use it with --mode train")
+        summary = jobs.run(_MODE.value, cfg, workdir, progress=_PROGRESS.value, stages=_STAGE.value)
     except jobs.USER_ERRORS as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2

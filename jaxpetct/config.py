@@ -135,6 +135,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.bertscore_model = ""  # local RoBERTa/PhoBERT directory; empty = BERTScore skipped
 
     c.export = ml_collections.ConfigDict(dict(dtype="float32"))
+
+    # `launch.py --mode plan` (jaxpetct/jobs/plan.py): compile every stage's train step and the generation program
+    # for a virtual mesh of `devices` CPU devices and check them against one `target` device (perf's table:
+    # h100, h200, tpu_v5p). devices 0 = the product of the mesh sizes (all fixed); processes = hosts of the run
+    # (global batch = per-host batch x processes); fits = per-device bytes <= memory x (1 - margin);
+    # target_memory_gb > 0 replaces the target's memory (GB = 1e9 bytes) for what-if questions.
+    c.plan = ml_collections.ConfigDict(dict(target="h100", devices=0, processes=1, margin=0.1, target_memory_gb=0.0,
+                                            generate=True))
     return c
 
 
@@ -159,8 +167,10 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.Con
 
     Recipe from the paper: align = projector only, lr 2e-3, 20 epochs, global batch 256, cosine, 3 % warm-up,
     bf16, max length 2048; lora = LoRA r 64, alpha 16, dropout 0.05 on every linear of the LLM plus the
-    projector, lr 2e-5, 20 epochs. Batches here are per host; set data.batch_size x hosts x grad_accum_steps to
-    the global batch you want (the defaults give 256 and 128 on one host).
+    projector, lr 2e-5, 20 epochs. A stage's batch_size is per host and is the whole optimizer step: global batch
+    = batch_size x hosts (256 and 128 here, on one host); grad_accum_steps only splits it into micro-batches, which
+    sets the activation memory, not the batch. Sized for the paper's 4 GPUs, planned as 4 x H100 (mesh fsdp 4;
+    align 256 in 32 micro-batches of 8, lora 128 in 8 of 16): `launch.py --mode plan` shows whether a change fits.
     """
     if llm not in _LLMS or mix not in _MIXES:
         raise ValueError(f"llm in {sorted(_LLMS)}, mix in {sorted(_MIXES)}")
@@ -189,12 +199,13 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.Con
     # stage 1 of the paper, when a run adds it to `order`: CLIP against the reports (configs/paper/encoder_pretrain_*)
     c.stages.encoder_pretrain = stage(epochs=20, peak_lr=1e-4, save_every=500, log_every=10, best_metric="",
                                       objective="clip")
-    c.stages.align = stage(epochs=20, peak_lr=2e-3, grad_accum_steps=16, save_every=500, log_every=10,
-                           eval_every=1000)
-    c.stages.lora = stage(epochs=20, peak_lr=2e-5, grad_accum_steps=8, save_every=500, log_every=10,
+    c.stages.align = stage(epochs=20, peak_lr=2e-3, batch_size=256, grad_accum_steps=32, save_every=500,
+                           log_every=10, eval_every=1000)
+    c.stages.lora = stage(epochs=20, peak_lr=2e-5, batch_size=128, grad_accum_steps=8, save_every=500, log_every=10,
                           eval_every=1000)
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.eval.max_new_tokens = 512
     c.eval.tasks = ("report", "vqa") if mix == "OGC" else ("report",)
     c.eval.batch_size = 16
+    c.plan.target, c.plan.devices = "h100", 4  # the paper's 4 GPUs (fsdp -1 takes all 4)
     return c

@@ -16,6 +16,7 @@ def get_config(arg=None):
     c.name = "paper_encoder_pretrain_ctvit_phobert"
     c.order = ("encoder_pretrain",)
     c.data.max_length = 256  # PhoBERT's 258 positions minus RoBERTa's offset of 2
+    c.data.buckets = (64, 128, 256)  # the VLM rows' (512, ...) would pad every caption batch to 512 tokens
     c.data.batch_size = 8
     c.model.encoder.dtype = "float32"
     c.model.text_encoder = ml_collections.ConfigDict(dict(preset="phobert", hf_dir=""))

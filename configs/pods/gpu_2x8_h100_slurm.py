@@ -12,7 +12,9 @@ def get_config(arg=None):
     c = paper_config("mistral_7b", "OG")
     c.name = "pod_gpu_2x8_h100"
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 8, 1
-    c.data.batch_size = 16  # per node: 32 global per micro-batch
-    c.stages.align.grad_accum_steps = 8  # 256 global
-    c.stages.lora.grad_accum_steps = 4  # 128 global
+    # Per-node batches (global = per-node x 2 nodes); accumulation splits each step into micro-batches of 64 rows,
+    # 4 per GPU (`--mode plan` checks the fit on H100s).
+    c.stages.align.batch_size, c.stages.align.grad_accum_steps = 128, 4  # 256 global, the paper's
+    c.stages.lora.batch_size, c.stages.lora.grad_accum_steps = 64, 2  # 128 global, the paper's
+    c.plan.target, c.plan.devices, c.plan.processes = "h100", 16, 2
     return c

@@ -15,7 +15,9 @@ def get_config(arg=None):
     c = paper_config("mistral_7b", "OG")
     c.name = "pod_tpu_v5p_64"
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 4, 8, 1
-    c.data.batch_size = 8  # per host: 64 global per micro-batch
-    c.stages.align.grad_accum_steps = 4  # 256 global
-    c.stages.lora.grad_accum_steps = 2  # 128 global
+    # Per-host batches (global = per-host x 8 hosts); micro-batches of 128 rows, 4 per chip (`--mode plan` checks
+    # the fit on v5p's 95 GB).
+    c.stages.align.batch_size, c.stages.align.grad_accum_steps = 32, 2  # 256 global, the paper's
+    c.stages.lora.batch_size, c.stages.lora.grad_accum_steps = 16, 1  # 128 global, the paper's
+    c.plan.target, c.plan.devices, c.plan.processes = "tpu_v5p", 32, 8
     return c

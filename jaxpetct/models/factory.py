@@ -76,7 +76,7 @@ def build_decoder(cfg: Mapping, *, seed: int, mesh=None) -> Decoder:
     cfg = _plain(cfg)
     hf_dir = cfg.get("hf_dir")
     if hf_dir:
-        runtime = {k: cfg[k] for k in ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl") if k in cfg}
+        runtime = {k: cfg[k] for k in ("dtype", "param_dtype", "remat", "remat_policy", "scan_layers", "attention_impl") if k in cfg}
         return load_decoder(hf_dir, mesh=mesh, **runtime)
     dcfg = decoder_config(cfg)
     make = lambda: Decoder(dcfg, rngs=nnx.Rngs(seed))  # noqa: E731
@@ -92,7 +92,7 @@ def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool =
     pcfg = ProjectorConfig.for_encoder(
         enc_cfg, decoder.cfg.hidden_size, kind=proj.get("kind", "linear"), pool=int(proj.get("pool", 1)),
         pool_op=proj.get("pool_op", "mean"), features=proj.get("features", "all"),
-        dtype=dtype_of(proj.get("dtype", "float32")),
+        dtype=dtype_of(proj.get("dtype", "float32")), param_dtype=dtype_of(proj.get("param_dtype", "float32")),
     )
     rngs = nnx.Rngs(seed, dropout=seed + 2)
     encoder = CTViT(enc_cfg, rngs=rngs)
