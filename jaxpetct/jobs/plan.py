@@ -1,9 +1,10 @@
 """`--mode plan`: compile a config's real programs ahead of time, with no weights, and say whether they fit.
 
 For every stage of `order` the plan builds the stage's model as shapes only, the train state with the shardings
-training gives it, and a batch at the config's largest shapes (per-host batch x `plan.processes` rows, the longest
-length bucket), then lowers and compiles the stage's real train step (`train.step.make_train_step`, jitted with the
-in/out shardings and donation of `train/loop.py`) for a virtual mesh of `plan.devices` CPU devices. The evaluation's
+training gives it, and a loader batch at the config's largest shapes (per-host batch / grad_accum_steps x
+`plan.processes` rows, the longest length bucket), then lowers and compiles the programs a step runs
+(`train.stepper.Stepper`: the fused step, or with accumulation the first-micro-batch, accumulate and apply programs,
+jitted with the shardings and donation training uses) for a virtual mesh of `plan.devices` CPU devices. The evaluation's
 generation (prompt embeddings, then prefill + `lax.while_loop` decode) is compiled the same way. Nothing needs a
 dataset, tokenizer or weight file, so a plan runs on a laptop before a pod is booked.
 
@@ -13,8 +14,9 @@ What each figure is:
     buffer assignment stands in for the accelerator's: the same HLO after the same SPMD partitioning, but CPU
     fusion and scheduling differ, and attention runs as plain XLA (no cuDNN flash kernel), so on GPU this is an
     estimate, usually a conservative one.
-  * per-device bytes: XLA's own total, arguments + outputs + temporaries - donated (aliased) buffers; for
-    generation the larger of its two programs, the decode program counted with the rest of the model resident.
+  * per-device bytes: XLA's own total, arguments + outputs + temporaries - donated (aliased) buffers, of the
+    step's largest program (`largest_program`; every program's figure is under `programs`); for generation the
+    larger of its two programs, the decode program counted with the rest of the model resident.
   * fits: per-device bytes <= target memory x (1 - plan.margin); the margin covers the runtime's own reserve,
     fragmentation and the CPU/accelerator difference in buffer assignment.
   * FLOPs: perf.count_flops of the step's jaxpr, loops multiplied out (XLA's cost analysis undercounts scanned
@@ -22,7 +24,7 @@ What each figure is:
   * time lower bound: max(executed FLOPs / devices / peak, bytes moved per device / HBM bandwidth), with bytes
     moved = every weight byte read once per pass (forward, backward, and the remat recomputation unless its
     policy keeps the weight matmuls) of every micro-batch + the trainable weights and optimizer state read and
-    written once + the batch read once + the temporaries written and read once. Generation: the whole model read
+    written once + each micro-batch read once + its temporaries written and read once. Generation: the whole model read
     for the prompt, then the decoder's weights and the full KV cache read once per new token.
 """
 from __future__ import annotations
@@ -47,7 +49,7 @@ from jaxpetct.models.kvcache import CACHE_AXES
 from jaxpetct.parallel.mesh import AXES, MeshError, make_mesh
 from jaxpetct.parallel.rules import named_sharding, state_shardings
 from jaxpetct.train import abstract, perf
-from jaxpetct.train.step import make_train_step
+from jaxpetct.train.stepper import Stepper
 
 GIB = 2**30
 # Config leaves naming files on disk: a plan builds from the presets' shapes and never reads them.
@@ -140,22 +142,33 @@ def plan_stage(cfg, name: str, mesh, target: dict, *, processes: int) -> dict:
     rows = training.stage_batch_size(cfg, name)
     global_batch = rows * processes
     accum = spec.grad_accum_steps
-    if global_batch % accum:
-        raise ConfigError(f"stage {name}: global batch {global_batch} (per-host {rows} x {processes} processes) is "
-                          f"not divisible by grad_accum_steps={accum}")
+    if rows % accum:
+        raise ConfigError(f"stage {name}: per-host batch {rows} is not divisible by grad_accum_steps={accum}")
     length = text_length(cfg)
     encoder = model.encoder.cfg if hasattr(model, "encoder") else model.vision.cfg
-    schema = abstract.host_batch_schema(encoder, data_task, rows, length)
-    batch, b_sh = abstract.abstract_global_batch(schema, mesh, processes)
-    step_fn = make_train_step(st.graphdef, task_fn, tx=st.tx, accum_steps=accum)
-    with jax.set_mesh(mesh):
-        t0 = time.perf_counter()
-        jitted = jax.jit(step_fn, in_shardings=(st.shardings, b_sh), out_shardings=(st.shardings, None),
-                         donate_argnums=(0,))
-        compiled = jitted.lower(st.state, batch).compile()
-        compile_s = time.perf_counter() - t0
-        flops = perf.count_flops(step_fn, st.state, batch)
-    mem = _memory(compiled)
+    schema = abstract.host_batch_schema(encoder, data_task, rows // accum, length)  # one loader batch
+    batch, _ = abstract.abstract_global_batch(schema, mesh, processes)
+    stepper = Stepper(st.graphdef, task_fn, st.tx, mesh, st.shardings, accum)
+    t0 = time.perf_counter()
+    if accum == 1:
+        lowered = {"fused": stepper.lower("fused", st.state, batch=batch)}
+    else:  # the loop's programs: the first micro-batch, every later one, the update
+        lowered = {"first": stepper.lower("first", st.state, batch=batch)}
+        acc = abstract.with_sharding(jax.eval_shape(lambda s, b: stepper.accumulate(s, None, b), st.state, batch),
+                                     stepper.accumulator_shardings(st.state, batch))
+        lowered["accumulate"] = stepper.lower("accumulate", st.state, batch=batch, acc=acc)
+        lowered["apply"] = stepper.lower("apply", st.state, acc=acc)
+    mems = {kind: _memory(low.compile()) for kind, (low, _) in lowered.items()}
+    compile_s = time.perf_counter() - t0
+    counts = {kind: f for kind, (_, f) in lowered.items()}
+    if accum == 1:
+        flops = counts["fused"]
+    else:
+        flops = perf.FlopCount(executed=accum * counts["accumulate"].executed + counts["apply"].executed,
+                               model=accum * counts["accumulate"].model + counts["apply"].model,
+                               unbounded_loops=counts["accumulate"].unbounded_loops)
+    largest = max(mems, key=lambda k: mems[k]["total"])
+    mem = mems[largest]  # the program that needs the most memory decides the fit
     params_b = abstract.shard_bytes((st.state.params, st.state.frozen))
     trainable_b = abstract.shard_bytes(st.state.params)
     opt_b = abstract.shard_bytes(st.state.opt_state)
@@ -164,7 +177,7 @@ def plan_stage(cfg, name: str, mesh, target: dict, *, processes: int) -> dict:
     recompute = bool(decoder is not None and decoder.cfg.remat
                      and getattr(decoder.cfg, "remat_policy", "nothing") == "nothing")
     passes = 3 if recompute else 2  # forward, backward, and the remat forward unless weight matmuls are kept
-    bytes_moved = passes * accum * params_b + 2 * (trainable_b + opt_b) + batch_b + 2 * mem["temp"]
+    bytes_moved = passes * accum * params_b + 2 * (trainable_b + opt_b) + accum * (batch_b + 2 * mem["temp"])
     budget = target["memory_bytes"] * (1 - target["margin"])
     tokens = global_batch * (length if data_task != "lesion_map" else int(np.prod(encoder.grid)))
     return {
@@ -172,7 +185,9 @@ def plan_stage(cfg, name: str, mesh, target: dict, *, processes: int) -> dict:
         "global_batch": global_batch, "per_host_batch": rows, "processes": processes, "grad_accum_steps": accum,
         "micro_batch": global_batch // accum, "length": length if data_task != "lesion_map" else None,
         "tokens_per_step": tokens,
-        "per_device_bytes": mem["total"], "params_bytes": params_b, "trainable_params_bytes": trainable_b,
+        "per_device_bytes": mem["total"], "largest_program": largest,
+        "programs": {k: {"per_device_bytes": m["total"], "activation_bytes": m["temp"]} for k, m in mems.items()},
+        "params_bytes": params_b, "trainable_params_bytes": trainable_b,
         "optimizer_bytes": opt_b, "batch_bytes": batch_b, "activation_bytes": mem["temp"],
         "argument_bytes": mem["argument"], "output_bytes": mem["output"], "aliased_bytes": mem["alias"],
         "host_batch_bytes": sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt in schema.values()),

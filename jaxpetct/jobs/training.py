@@ -104,7 +104,17 @@ def load_previous(model, cfg, workdir: str, name: str) -> Optional[dict]:
 
 
 def stage_batch_size(cfg, name: str) -> int:
+    """The optimizer step's batch on one host (x hosts = the global batch)."""
     return int(cfg.stages[name].get("batch_size", 0) or cfg.data.batch_size)
+
+
+def loader_batch_size(cfg, name: str) -> int:
+    """Rows per loader batch on one host: the step's batch split into grad_accum_steps micro-batches."""
+    batch, accum = stage_batch_size(cfg, name), int(cfg.stages[name].grad_accum_steps)
+    if accum < 1 or batch % accum:
+        raise data_jobs.ConfigError(f"stages.{name}: batch {batch} per host is not divisible by "
+                                    f"grad_accum_steps={accum}")
+    return batch // accum
 
 
 def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
@@ -192,7 +202,7 @@ def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progre
         n_train = data_jobs.num_train_examples(cfg, workdir)
         spec = stage_spec(cfg, name, n_train)
         it = data_jobs.train_iterator(cfg, workdir, io, task_override=data_task, seed=int(cfg.seed),
-                                      batch_size=stage_batch_size(cfg, name))
+                                      batch_size=loader_batch_size(cfg, name))
         val = data_jobs.val_batches(cfg, workdir, io, task=data_task or "report")
         evaluate = (lambda m: {"val_loss": loss_over(m, val, mesh=mesh, task=task_fn)}) if val is not None else None
         result = run_stage(model, task_fn, spec, train_iter=it, mesh=mesh, workdir=stage_dir(workdir, name),

@@ -78,7 +78,7 @@ def abstract_global_batch(schema: dict[str, tuple], mesh, processes: int) -> tup
     """(global batch of ShapeDtypeStructs, its shardings): each host's rows laid out as `loop.batch_sharding`
     lays out the host batch it is given, the global array holding every process's rows."""
     host = {k: np.broadcast_to(np.zeros((), dtype), shape) for k, (shape, dtype) in schema.items()}  # no memory
-    shardings = batch_sharding(mesh, host)
+    shardings = batch_sharding(mesh, host, processes)
     batch = {k: jax.ShapeDtypeStruct((shape[0] * processes, *shape[1:]), dtype, sharding=shardings[k])
              for k, (shape, dtype) in schema.items()}
     return batch, shardings

@@ -14,19 +14,18 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from jaxpetct.data.batching import TOKEN_FIELDS
-from jaxpetct.parallel.batches import agree, batch_sharding, to_global  # noqa: F401 (to_global: public here too)
+from jaxpetct.parallel.batches import batch_sharding, to_global  # noqa: F401 (public here too)
 from jaxpetct.parallel.multihost import any_process
 from jaxpetct.parallel.rules import state_shardings
 from jaxpetct.train import perf
 from jaxpetct.train.checkpoint import Checkpointer, abstract_like
 from jaxpetct.train.optimizer import STAGE_GROUPS, ParamGroup, Schedule, assign_groups, make_optimizer, path_str
-from jaxpetct.train.step import Task, TrainState, init_state, make_train_step
+from jaxpetct.train.step import Task, TrainState, init_state
+from jaxpetct.train.stepper import Stepper, model_arrays  # noqa: F401 (model_arrays: public here too)
 from jaxpetct.train.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ class StageSpec:
     final_lr_fraction: float = 0.0
     weight_decay: float = 0.0
     clip_norm: Optional[float] = 1.0
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1  # loader batches per optimizer step (token-weighted: one k-times-larger batch)
     groups: Optional[tuple[ParamGroup, ...]] = None
     log_every: int = 10
     eval_every: int = 0  # 0: only at the end
@@ -84,11 +83,6 @@ def split_trainable(model: nnx.Module, groups: tuple[ParamGroup, ...]):
     if unlabeled:
         raise ValueError(f"trainable weights without an optimizer group: {unlabeled[:3]}")
     return graphdef, params, frozen, group_of
-
-
-def model_arrays(batch: dict) -> dict:
-    """The numeric arrays of a loader batch; host-side metadata (ids, references) never enters the step."""
-    return {k: v for k, v in batch.items() if k != "meta" and np.asarray(v).dtype.kind in "biuf"}
 
 
 def prepare_state(model: nnx.Module, spec: StageSpec, mesh, *, seed: int = 0):
@@ -174,7 +168,8 @@ def run_stage(
 ) -> StageResult:
     """Train `model` for `spec.steps` steps of `spec`; resumes from `workdir/checkpoints` if present.
 
-    `train_iter` yields per-host numpy batches of the VLM batch contract and, when it is a Grain iterator, its
+    `train_iter` yields per-host numpy micro-batches of the VLM batch contract (`spec.grad_accum_steps` of them
+    make one optimizer step) and, when it is a Grain iterator, its
     position is checkpointed with the state. `evaluate(model) -> {"val_loss": ...}` runs every `eval_every`
     steps and at the end; its metrics feed best-checkpoint selection. `stop_after` ends the run early (tests).
     """
@@ -196,31 +191,18 @@ def run_stage(
     start = int(state.step)
 
     writer = MetricWriter(workdir, stage=spec.name)
-    step_fn = make_train_step(graphdef, task, tx, accum_steps=spec.grad_accum_steps)
-    compiled: dict = {}
+    stepper = Stepper(graphdef, task, tx, mesh, state_sh, spec.grad_accum_steps)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     log.info("stage %s: %d trainable parameters in groups %s", spec.name, n_params, sorted(set(jax.tree.leaves(group_of))))
     bar = tqdm(total=spec.steps, initial=start, desc=spec.name, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True)
     last_metrics: dict = {}
     window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
-    flop_counts: dict = {}
     step = start
     end = spec.steps if stop_after is None else min(spec.steps, stop_after)
     try:
         while step < end:
-            host_batch = agree(model_arrays(next(train_iter)), TOKEN_FIELDS)  # one length on every host
-            b_sh = batch_sharding(mesh, host_batch)
-            batch = to_global(host_batch, b_sh)
-            signature = tuple(sorted((k, v.shape) for k, v in host_batch.items()))
-            if signature not in compiled:  # one executable per length bucket
-                with jax.set_mesh(mesh):
-                    jitted = jax.jit(step_fn, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, None),
-                                     donate_argnums=(0,))
-                    flop_counts[signature] = perf.count_flops(step_fn, state, batch)  # loops multiplied out
-                    compiled[signature] = jitted.lower(state, batch).compile()
-            flops = flop_counts[signature]
-            state, metrics = compiled[signature](state, batch)
+            state, metrics, flops = stepper(state, train_iter)  # grad_accum_steps loader batches, one update
             window_steps += 1
             metrics = jax.device_get(metrics)
             window_tokens += int(metrics.pop("batch_tokens", 0))

@@ -135,7 +135,7 @@ def test_flops_agree_with_perf_on_the_concrete_step(tiny):
     from jaxpetct.parallel.mesh import make_mesh
     from jaxpetct.train import perf
     from jaxpetct.train.loop import prepare_state
-    from jaxpetct.train.step import make_train_step
+    from jaxpetct.train.step import make_accumulate_step, make_apply_step
 
     config, result = tiny
     cfg = load_config(config)
@@ -147,12 +147,17 @@ def test_flops_agree_with_perf_on_the_concrete_step(tiny):
              "positions": jnp.tile(jnp.arange(64, dtype=jnp.int32), (4, 1)),
              "attention_mask": jnp.ones((4, 64), bool), "image_mask": jnp.zeros((4, 64), bool),
              "loss_mask": jnp.ones((4, 64), jnp.float32)}
-    step = make_train_step(graphdef, stage_task(cfg, "align")[0], tx, accum_steps=2)
+    # grad_accum_steps = 2: a step is two loader batches of 2 rows through accumulate, then the update
+    accumulate, apply = make_accumulate_step(graphdef, stage_task(cfg, "align")[0]), make_apply_step(tx)
+    micro = {k: v[:2] for k, v in batch.items()}
     with jax.set_mesh(mesh):
-        flops = perf.count_flops(step, state, batch)
+        one = perf.count_flops(lambda s, b: accumulate(s, None, b), state, micro)
+        update = perf.count_flops(apply, state, jax.eval_shape(lambda s, b: accumulate(s, None, b), state, micro))
     stage = result["stages"]["align"]
-    assert stage["flops_per_step"] == pytest.approx(flops.executed, rel=1e-9)
-    assert stage["model_flops_per_step"] == pytest.approx(flops.model, rel=1e-9)
+    assert one.executed > 0 and stage["grad_accum_steps"] == 2 and stage["micro_batch"] == 2
+    assert stage["flops_per_step"] == pytest.approx(2 * one.executed + update.executed, rel=1e-9)
+    assert stage["model_flops_per_step"] == pytest.approx(2 * one.model + update.model, rel=1e-9)
+    assert set(stage["programs"]) == {"first", "accumulate", "apply"}
     bound = stage["flops_per_step"] / 4 / result["target"]["peak_flops"]
     assert stage["step_time_lower_bound_s"] >= bound > 0
 

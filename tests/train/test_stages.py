@@ -197,3 +197,21 @@ def test_lesion_map_encoder_pretraining_hands_ct_vit_to_the_vlm(built, tmp_path)
     cfg.stages.encoder_pretrain.objective = "segmentation"
     with pytest.raises(data_jobs.ConfigError, match="objective"):
         training.build_stage_model(cfg, "encoder_pretrain", mesh=mesh)
+
+
+@pytest.mark.slow
+def test_accumulating_loader_batches_trains_like_one_large_batch(built, tmp_path):
+    """grad_accum_steps = 2 reads two loader batches of 2 rows per step (each with its own length bucket) and
+    updates once: the same losses as one batch of 4 rows, which hold the same examples."""
+    _, make_cfg = built
+    runs = {}
+    for accum in (1, 2):
+        cfg = make_cfg(tmp_path / str(accum))
+        cfg.order = ("full",)
+        cfg.stages.full.update(steps=6, save_every=6, log_every=1, batch_size=4, grad_accum_steps=accum,
+                               peak_lr=3e-3)
+        training.train(cfg, str(tmp_path / str(accum)), mesh=one_device(), progress=False)
+        runs[accum] = read_metrics(tmp_path / str(accum) / "full" / "metrics.jsonl")
+    np.testing.assert_allclose([r["loss"] for r in runs[2]], [r["loss"] for r in runs[1]], rtol=0, atol=1e-5)
+    assert [r["tokens"] for r in runs[2]] == [r["tokens"] for r in runs[1]]
+    assert runs[2][-1]["val_loss"] == pytest.approx(runs[1][-1]["val_loss"], abs=1e-5)

@@ -1,14 +1,13 @@
-"""The pure train step on a two-weight model: accumulation equals one large batch, micro-batches stay where the
-batch's rows are (no data moves between devices), a non-finite step is rejected."""
+"""The pure train step on a two-weight model: accumulating micro-batches equals one large batch (token-weighted), a
+non-finite step is rejected; the stage state: moments sharded like their weights, group labels."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxpetct.parallel.mesh import make_mesh
-from jaxpetct.train.step import init_state, make_train_step, split_batch
+from jaxpetct.train.step import init_state, make_accumulate_step, make_apply_step, make_train_step
 
 
 class Line(nnx.Module):
@@ -32,11 +31,24 @@ def batch(n=8, seed=0):
             "weight": weight}
 
 
-def one_step(accum, data):
+def fresh(tx):
     graphdef, params, rest = nnx.split(Line(), nnx.Param, ...)
-    tx = optax.sgd(0.1)
-    state = init_state(params, rest, tx, seed=0)
-    new, metrics = jax.jit(make_train_step(graphdef, squared_error, tx, accum_steps=accum))(state, data)
+    return graphdef, init_state(params, rest, tx, seed=0)
+
+
+def one_step(accum, data, tx=None):
+    """One optimizer step over `data` in `accum` micro-batches of consecutive rows (as the loader delivers them)."""
+    tx = tx or optax.sgd(0.1)
+    graphdef, state = fresh(tx)
+    if accum == 1:
+        new, metrics = jax.jit(make_train_step(graphdef, squared_error, tx))(state, data)
+    else:
+        accumulate, apply = jax.jit(make_accumulate_step(graphdef, squared_error)), jax.jit(make_apply_step(tx))
+        acc = None
+        for part in np.split(np.arange(len(data["y"])), accum):
+            acc = accumulate(state, acc, {k: v[part] for k, v in data.items()})
+        assert int(acc.micro) == accum
+        new, metrics = apply(state, acc)
     return np.asarray(new.params["w"][...]), jax.device_get(metrics)
 
 
@@ -47,37 +59,19 @@ def test_accumulating_micro_batches_is_one_large_batch():
         w, m = one_step(accum, data)
         np.testing.assert_allclose(w, w1, rtol=1e-6, atol=1e-7)
         assert abs(float(m["loss"]) - float(m1["loss"])) < 1e-6 and float(m["tokens"]) == 7.0
-
-
-def test_micro_batches_are_strided_so_no_row_leaves_its_device():
-    x = np.arange(64 * 3, dtype=np.float32).reshape(64, 3)
-    micro = np.asarray(split_batch({"x": x}, 4)["x"])
-    np.testing.assert_array_equal(micro[1], x[1::4])  # micro-batch i = rows i, i + 4, ...
-    mesh = make_mesh({"data": 8}, jax.devices()[:8])
-    sharded = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data", None)))
-    collectives = ("all-to-all", "all-gather", "collective-permute", "all-reduce")
-
-    def moves(split):
-        """Collectives XLA needs to hand micro-batch i to a scan step that runs on every device."""
-        def f(b):
-            def body(carry, m):
-                return carry + jax.lax.with_sharding_constraint(m, NamedSharding(mesh, P("data", None))) * 2, None
-            return jax.lax.scan(body, jnp.zeros((16, 3)), split(b))[0]
-        hlo = jax.jit(f).lower(sharded).compile().as_text()
-        return [c for c in collectives if c in hlo]
-
-    assert moves(lambda b: split_batch({"x": b}, 4)["x"]) == []  # each device: 2 rows of every micro-batch
-    contiguous = moves(lambda b: b.reshape(4, 16, 3))  # the layout this replaced: micro-batch i on 2 devices
-    assert contiguous, "the contiguous split should need data movement (otherwise this test proves nothing)"
+    # token weighting, not a mean of micro-batch means: the masked row makes one half count 3 rows, the other 4
+    w_adam, _ = one_step(1, data, optax.adam(0.1))
+    w_adam2, _ = one_step(2, data, optax.adam(0.1))
+    np.testing.assert_allclose(w_adam2, w_adam, rtol=1e-6, atol=1e-7)
 
 
 def test_a_non_finite_step_is_rejected_and_leaves_the_state():
     data = batch()
     data["y"][3] = np.nan
-    graphdef, params, rest = nnx.split(Line(), nnx.Param, ...)
     tx = optax.adamw(1e-2)
-    state = init_state(params, rest, tx, seed=0)
-    new, metrics = jax.jit(make_train_step(graphdef, squared_error, tx, accum_steps=2))(state, data)
+    graphdef, state = fresh(tx)
+    params = state.params
+    new, metrics = jax.jit(make_train_step(graphdef, squared_error, tx))(state, data)
     assert int(metrics["finite"]) == 0 and int(new.step) == 0
     np.testing.assert_array_equal(np.asarray(new.params["w"][...]), np.asarray(params["w"][...]))
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.opt_state), jax.tree.leaves(state.opt_state)))
