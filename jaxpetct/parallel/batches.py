@@ -22,9 +22,17 @@ from jaxpetct.parallel.multihost import agree_max, allgather_json
 from jaxpetct.parallel.rules import named_sharding
 
 
-def batch_sharding(mesh, batch: Mapping[str, np.ndarray]) -> dict:
-    """Batch dimension over (data, fsdp), everything else replicated."""
-    return {k: named_sharding(("batch",) + (None,) * (np.ndim(v) - 1), np.shape(v), mesh) for k, v in batch.items()}
+def batch_sharding(mesh, batch: Mapping[str, np.ndarray], processes: Optional[int] = None) -> dict:
+    """Batch dimension over (data, fsdp), everything else replicated, for the global batch that `processes` hosts
+    (default: every process of the job) each give these rows to. The global row count decides which mesh axes
+    divide it: 16 rows a host on 8 hosts split over all 32 batch shards, not only the 4 that divide 16."""
+    processes = jax.process_count() if processes is None else processes
+
+    def one(v):
+        shape = (np.shape(v)[0] * processes, *np.shape(v)[1:])
+        return named_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
+
+    return {k: one(v) for k, v in batch.items()}
 
 
 def to_global(batch: Mapping[str, np.ndarray], shardings: Mapping) -> dict:
