@@ -66,6 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 8  # per host
     c.data.eval_batch_size = 8
     c.data.worker_count = 0  # Grain worker processes
+    # Loader batches decoded ahead in each process (threads, buffer). A paper-size loader batch of 32 volumes is
+    # 8 GB of float32 on the host: keep the buffer small there.
+    c.data.read_threads = 2
+    c.data.read_buffer = 4
     c.data.image = ml_collections.ConfigDict(dict(channels=("pet", "ct"), pet_mode="linear", pet_max=10.0,
                                                   out_range="unit"))
     # The paper's image augmentations (off in its runs): edge-slice drop, rotation, noise. The reference drops 10-20
@@ -168,9 +172,10 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.Con
     Recipe from the paper: align = projector only, lr 2e-3, 20 epochs, global batch 256, cosine, 3 % warm-up,
     bf16, max length 2048; lora = LoRA r 64, alpha 16, dropout 0.05 on every linear of the LLM plus the
     projector, lr 2e-5, 20 epochs. A stage's batch_size is per host and is the whole optimizer step: global batch
-    = batch_size x hosts (256 and 128 here, on one host); grad_accum_steps only splits it into micro-batches, which
-    sets the activation memory, not the batch. Sized for the paper's 4 GPUs, planned as 4 x H100 (mesh fsdp 4;
-    align 256 in 32 micro-batches of 8, lora 128 in 8 of 16): `launch.py --mode plan` shows whether a change fits.
+    = batch_size x hosts (256 and 128 here, on one host); grad_accum_steps loader batches of batch_size /
+    grad_accum_steps rows make one step, one at a time in memory: it sets the memory, not the batch. Sized for the paper's 4 GPUs, planned as 4 x H100 (mesh fsdp 4;
+    align 256 and lora 128 in loader batches of 32, 8 rows a GPU): `launch.py --mode plan` shows whether a change
+    fits (align 36.4 GiB, lora 46.7 GiB a GPU).
     """
     if llm not in _LLMS or mix not in _MIXES:
         raise ValueError(f"llm in {sorted(_LLMS)}, mix in {sorted(_MIXES)}")
@@ -190,6 +195,7 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.Con
     c.data.batch_size = 16
     c.data.eval_batch_size = 8
     c.data.worker_count = 8
+    c.data.read_buffer = 1  # per process: 8 workers x (1 + their own buffers) loader batches of 140x480x480 volumes
     c.model.encoder = ml_collections.ConfigDict(dict(preset="paper", channels=2, dtype="bfloat16"))
     c.model.projector = ml_collections.ConfigDict(dict(kind="linear", pool=1, dtype="bfloat16"))
     c.model.decoder = ml_collections.ConfigDict(dict(preset=preset, hf_dir="", dtype="bfloat16",
@@ -199,9 +205,9 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.Con
     # stage 1 of the paper, when a run adds it to `order`: CLIP against the reports (configs/paper/encoder_pretrain_*)
     c.stages.encoder_pretrain = stage(epochs=20, peak_lr=1e-4, save_every=500, log_every=10, best_metric="",
                                       objective="clip")
-    c.stages.align = stage(epochs=20, peak_lr=2e-3, batch_size=256, grad_accum_steps=32, save_every=500,
+    c.stages.align = stage(epochs=20, peak_lr=2e-3, batch_size=256, grad_accum_steps=8, save_every=500,
                            log_every=10, eval_every=1000)
-    c.stages.lora = stage(epochs=20, peak_lr=2e-5, batch_size=128, grad_accum_steps=8, save_every=500, log_every=10,
+    c.stages.lora = stage(epochs=20, peak_lr=2e-5, batch_size=128, grad_accum_steps=4, save_every=500, log_every=10,
                           eval_every=1000)
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.eval.max_new_tokens = 512

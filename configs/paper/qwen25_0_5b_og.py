@@ -1,4 +1,4 @@
-"""Variant: CT-ViT + Qwen2.5-0.5B-Instruct (O+G), a small LLM for quick iterations on few GPUs.
+"""Variant: CT-ViT + Qwen2.5-0.5B-Instruct (O+G), a small LLM for quick iterations on one GPU.
 
 Qwen2.5 brings its own tokenizer: point data.tokenizer at the model folder (tokenizer.json is read offline).
 
@@ -14,10 +14,9 @@ def get_config(arg=None):
     c.name = "paper_ctvit_qwen25_0_5b_og"
     c.model.projector.pool = 2  # 12x12x512 = 73,728 features per visual token instead of 294,912
     c.stages.lora.peak_lr = 1e-4
-    # The paper's global batches (align 256, lora 128) in micro-batches of 32. The train step holds the whole
-    # step's volumes (256 x 2 x 140 x 480 x 480 float32 = 66 GB) and a copy of them for the micro-batch split, so
-    # align needs ~189 GiB on one GPU and ~95 GiB each on two H200s (`launch.py --mode plan`).
+    # The paper's global batches (align 256, lora 128) in loader batches of 32 (accumulated: one micro-batch of
+    # volumes in memory at a time). `launch.py --mode plan`: align 48.9 GiB, lora 59.2 GiB on one H100.
     c.stages.align.grad_accum_steps = 8
     c.stages.lora.grad_accum_steps = 4
-    c.plan.target, c.plan.devices = "h200", 2
+    c.plan.target, c.plan.devices = "h100", 1
     return c

@@ -168,7 +168,8 @@ def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: 
                       max_length=int(cfg.data.max_length), paraphrase_prob=float(cfg.data.paraphrase_prob) if train else 0.0)
     common = dict(task=task, batch_size=int(batch_size or cfg.data.batch_size), seed=seed,
                   buckets=tuple(cfg.data.buckets), image=image, augment=augment, text=text,
-                  worker_count=int(cfg.data.worker_count) if train else 0)
+                  worker_count=int(cfg.data.worker_count) if train else 0,
+                  read_threads=int(cfg.data.read_threads), read_buffer=int(cfg.data.read_buffer))
     if task == "lesion_map":
         common.update(lesion_table=lesion_table(cfg, workdir), lesion_grid=tuple(io.grid))
     if train:
