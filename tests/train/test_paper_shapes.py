@@ -11,7 +11,7 @@ projector without pooling (294,912 x 4,096 = 1.21 B parameters) and a decoder of
 dropout 0.05 on every linear.
 
 What differs from `paper_config("mistral_7b")`, and why (a 24 GB, 2-core CI machine shared with another pytest
-worker; the test keeps its peak RSS under 10.5 GB; it measures and prints it, about 9.7 GB):
+worker; the test keeps its own growth of the RSS under 9 GB; it measures and prints it, about 8.7 GB):
   * the decoder has 2 layers, not 32 (a 7B decoder alone is 14 GB in bf16); every shape of a layer is Mistral-7B's;
   * projector and decoder weights are stored in bf16 (the config: float32 master weights), so AdamW's moments are
     bf16 too (optax keeps them in the parameters' dtype);
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import resource
 import time
 import zlib
 
@@ -63,16 +62,27 @@ from jaxpetct.train.step import init_state, make_train_step
 from jaxpetct.train.tasks import vlm_answer_loss
 
 PAPER_STUDIES = 2  # index 0 falls in a train month, index 1 in a validation month (seed 0)
-PEAK_RSS_GB = 10.5
+GROWTH_GB = 9.0  # peak RSS above the RSS at the test's start (locally ~8.7 GB: 0.9 -> 9.6)
 GENERATED = 8
 BIAS = r"^projector/fc1/bias(/|$)"  # group patterns also see ".../value" (train.loop.split_trainable)
 
 
 def rss_gb() -> tuple[float, float]:
-    """(current, peak) resident set size of this process in GB (Linux: ru_maxrss in KiB)."""
+    """(current, peak) resident set size of this process in GB (VmRSS, VmHWM in KiB)."""
     with open("/proc/self/status") as f:
-        now = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-    return now / 1e6, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if k in ("VmRSS", "VmHWM")}
+    return kib["VmRSS"] / 1e6, kib["VmHWM"] / 1e6
+
+
+def reset_peak_rss() -> bool:
+    """Restarts the peak-RSS count at the current RSS (Linux >= 4.0: `5` to clear_refs), so that the peak measured is
+    this test's, not that of whatever ran before in the same pytest-xdist worker (whose freed heap glibc keeps)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def live_array_gb() -> float:
@@ -89,7 +99,10 @@ class Log:
     """Prints each phase's wall time and RSS (pytest -s shows them; a failure report shows them either way)."""
 
     def __init__(self):
+        gc.collect()
+        self.reset = reset_peak_rss()
         self.t0 = self.t = time.perf_counter()
+        self.start_rss = rss_gb()[0]
 
     def __call__(self, what: str) -> None:
         now = time.perf_counter()
@@ -149,7 +162,7 @@ def _one_step(holder: list, spec: StageSpec, batch: dict, mesh, log):
     log(f"{spec.name}: state prepared")
     trainable = {path_str(p) for p, _ in nnx.to_flat_state(state.params)}
     before = {**fingerprints(state.params), **fingerprints(state.frozen)}
-    step = make_train_step(graphdef, vlm_answer_loss, tx, accum_steps=spec.grad_accum_steps)
+    step = make_train_step(graphdef, vlm_answer_loss, tx)  # grad_accum_steps is 1 here: one fused program
     b_sh = batch_sharding(mesh, batch)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     with jax.set_mesh(mesh):
@@ -299,5 +312,9 @@ def test_paper_shapes_train_align_and_lora_steps_and_generate(paper_records):
     log("generated")
 
     now, peak = rss_gb()
-    print(f"[paper shapes] peak RSS {peak:.2f} GB, wall {time.perf_counter() - log.t0:.0f} s")
-    assert peak < PEAK_RSS_GB, f"peak RSS {peak:.2f} GB (the CI machine is shared: keep it under {PEAK_RSS_GB})"
+    print(f"[paper shapes] peak RSS {peak:.2f} GB from {log.start_rss:.2f} GB at the start, "
+          f"wall {time.perf_counter() - log.t0:.0f} s")
+    if log.reset:  # without a reset the peak may be an earlier test's
+        assert peak - log.start_rss < GROWTH_GB, (
+            f"this test took the RSS from {log.start_rss:.2f} to {peak:.2f} GB (the CI machine is shared: keep "
+            f"its growth under {GROWTH_GB} GB)")

@@ -18,6 +18,7 @@ STEPS = 14
 def launch_cmd(shared, workdir):
     return [sys.executable, os.path.join(REPO, "launch.py"), "--mode=train", f"--workdir={workdir}", "--noprogress",
             f"--config.data.manual_dir={shared}/cohort", f"--config.data.data_dir={shared}/tfds",
+            "--config.data.synthetic.n=12", "--config.data.synthetic.size=tiny",  # the fixture's cohort, reused
             "--config.data.batch_size=2", "--config.model.lora.rank=4", "--config.order=('full',)",
             f"--config.stages.full.steps={STEPS}", "--config.stages.full.save_every=2",
             "--config.stages.full.log_every=1", "--config.stages.full.peak_lr=3e-3"]
