@@ -36,6 +36,7 @@ demo: $(STAMP)
 	$(PY) launch.py
 
 test: $(STAMP) $(TF_STAMP) browser
+	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 --dist loadfile -q
 	$(VENV_TF)/bin/python -m pytest -q -p no:cacheprovider tests/tfds_builder/test_tfds_testcase.py tests/tfds_builder/test_tfds_cli.py
 

@@ -13,8 +13,25 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "default.py"), "Experiment config file (configs/*.py).", lock_config=True)
+
+
+def _unknown_override(error: Exception) -> None:
+    """One line and exit 2 for a `--config.a.b=v` naming no setting: ml_collections fails while the flag is defined
+    (it reads the overrides from sys.argv then), with a 50-line traceback."""
+    key = str(error.args[0] if error.args else error).strip("\"'").split("'")[0]
+    named = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+    where = named[0] if named else "a --config.* override"
+    print(f"error: {where}: the config has no setting {key!r} there (see the config file, or "
+          f"`python launch.py --helpfull` for every --config.* flag)", file=sys.stderr)
+    sys.exit(2)
+
+
+try:
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", os.path.join(_HERE, "configs", "default.py"), "Experiment config file (configs/*.py).",
+        lock_config=True)
+except (AttributeError, KeyError) as e:
+    _unknown_override(e)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory: cohort, datasets, checkpoints, metrics.")
 _MODE = flags.DEFINE_enum("mode", "all", ["synth", "build", "train", "eval", "export", "all", "plan"],
                           "What to run (plan: compile every stage on virtual CPU devices, write plan.json).")
@@ -39,7 +56,12 @@ def main(argv):
         initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     import jaxpetct.jobs as jobs
 
-    cfg = _CONFIG.value
+    try:
+        cfg = _CONFIG.value
+        cfg.get("name")  # the file is loaded lazily: fail here, not inside a job
+    except OSError as e:  # a config file that is missing (errors in its code keep their traceback)
+        print("error: --config: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
     workdir = os.path.abspath(_WORKDIR.value)
     try:
         if _MODE.value == "plan":
@@ -58,5 +80,17 @@ def main(argv):
     return 0
 
 
+def _parse_flags(argv):
+    """absl's parser, with a bad value (`--config.data.batch_size=abc`) as one line and exit 2 like other user errors."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except SyntaxError as e:  # the --config file does not parse: file and line are the whole story
+        print(f"error: --config: {e.msg} ({e.filename}, line {e.lineno})", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

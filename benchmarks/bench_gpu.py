@@ -227,9 +227,9 @@ def decode_case(a) -> list[dict]:
             compiled = jax.jit(run).lower(state, ids).compile()
             compile_s = time.perf_counter() - t0
             repeats = 1 if a.dry else 3
-            prefill_s = median_seconds(lambda: prefill(graphdef, state, input_ids=ids, max_len=prompt + new)[0],
+            prefill_s = median_seconds(lambda i=ids: prefill(graphdef, state, input_ids=i, max_len=prompt + new)[0],
                                        repeats)
-            total_s = median_seconds(lambda: compiled(state, ids), repeats)
+            total_s = median_seconds(lambda c=compiled, i=ids: c(state, i), repeats)
         assert compiled(state, ids).shape == (b, new)
         decode_s = max(total_s - prefill_s, 1e-9)
         bw = perf.hbm_bandwidth_per_device()
@@ -345,10 +345,9 @@ def main(argv=None) -> dict:
                                                                 "remat_policy", "lora_param_dtype", "xla_flags")})
     print(table(result), flush=True)
     if a.json:
-        tmp = a.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, a.json)
+        from jaxpetct.atomic import write_text
+
+        write_text(a.json, json.dumps(result, indent=1))
     return result
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import sys
@@ -27,11 +26,12 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from jaxpetct.models import config as cfglib  # noqa: E402
+from jaxpetct.models import decoder_config as cfglib  # noqa: E402
 from jaxpetct.models.attention import resolve_implementation  # noqa: E402
 from jaxpetct.models.decoder import Decoder  # noqa: E402
 from jaxpetct.parallel.mesh import make_mesh  # noqa: E402
 from jaxpetct.parallel.rules import init_sharded  # noqa: E402
+from jaxpetct.atomic import write_text
 
 
 def next_token_loss(logits: jax.Array, ids: jax.Array) -> jax.Array:
@@ -122,9 +122,7 @@ def main(argv=None) -> list[dict]:
         print(json.dumps(rows[-1]), flush=True)
     print(markdown(rows))
     if args.json:
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=2))
-        os.replace(tmp, args.json)
+        write_text(args.json, json.dumps(rows, indent=2))
     return rows
 
 

@@ -1,22 +1,42 @@
-"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one, never half of one.
+
+Every file this project writes for others to read (records' side files, NPZ and DICOM of the synthetic cohort,
+predictions, summaries, benchmark results) goes through `open_atomic` or `write_text`: a temporary file beside the
+target, renamed over it only once it is complete, removed if writing fails.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import tempfile
-from typing import Union
+from typing import IO, Iterator, Union
+
+PathLike = Union[str, os.PathLike]
 
 
-def write_text(path: Union[str, os.PathLike], text: str, *, mode: int = 0o644) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+@contextlib.contextmanager
+def open_atomic(path: PathLike, mode: str = "w", *, file_mode: int = 0o644, **open_kw) -> Iterator[IO]:
+    """`with open_atomic(path, "wb") as f: ...` writes `path` all at once; the parent folder is created."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"open_atomic writes whole files: mode 'w' or 'wb', not {mode!r}")
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "w":
+        open_kw.setdefault("encoding", "utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)  # mkstemp creates 0600; results are meant to be read by others
+        with os.fdopen(fd, mode, **open_kw) as f:
+            yield f
+        os.chmod(tmp, file_mode)  # mkstemp creates 0600; results are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text(path: PathLike, text: str, *, mode: int = 0o644) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    with open_atomic(path, "w", file_mode=mode) as f:
+        f.write(text)

@@ -42,9 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "default"
     c.seed = 0
-    # Salt of the pseudonymous study ids. Set your own secret (or $JAXPETCT_SALT) for real data: ids made with a
-    # public salt can be linked back by anyone holding the original names.
-    c.salt = "jaxpetct-synthetic-demo"
+    # Salt of the pseudonymous study ids: this, else $JAXPETCT_SALT, else (synthetic cohorts only) the public demo
+    # salt (studies.deid.resolve_salt). Real data needs a secret of your own: ids made with a public salt can be
+    # linked back by anyone holding the original names.
+    c.salt = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"  # synthetic | release | dicom
@@ -55,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.lesion_table = ""  # lesion centres for encoder_pretrain's lesion_map objective ("" = synthetic truth)
     c.data.beam = False
     c.data.beam_options = ""  # e.g. "runner=DataflowRunner,project=...,region=..." (TFDS syntax)
-    c.data.workers = 0  # DirectRunner processes (0 = CPU count)
+    c.data.beam_workers = 0  # Beam DirectRunner processes (0 = CPU count); data.worker_count is the loader's
     # Training mixture: (TFDS config, task, weight). The paper's O = regions/report; C adds comparison/comparison.
     c.data.train_mix = (("regions", "report", 1.0),)
     c.data.paraphrase_prob = 0.0  # the paper's G: fact-preserving paraphrases of the target report
@@ -64,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_length = 384
     c.data.buckets = (128, 256, 384)
     c.data.batch_size = 8  # per host
-    c.data.eval_batch_size = 8
+    c.data.val_batch_size = 8  # validation-loss batches (eval.batch_size: generation)
     c.data.worker_count = 0  # Grain worker processes
     # Loader batches decoded ahead in each process (threads, buffer). A paper-size loader batch of 32 volumes is
     # 8 GB of float32 on the host: keep the buffer small there.
@@ -111,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.order = ("encoder_pretrain", "full", "align", "lora")
     c.stages = ml_collections.ConfigDict()
     # objective "clip" (the paper: volume vs report text) or "lesion_map" (per-token lesion centres from
-    # data.lesion_table, or a synthetic cohort's truth: jaxpetct/data/lesion_map.py); pos_weight weighs a
+    # data.lesion_table, or a synthetic cohort's truth: jaxpetct/data/lesion_targets.py); pos_weight weighs a
     # lesion token against a background one in the lesion_map loss.
     c.stages.encoder_pretrain = stage(1200, peak_lr=1e-3, weight_decay=1e-4, log_every=20, save_every=400,
                                       best_metric="", objective="lesion_map", pos_weight=21.0)
@@ -193,7 +194,7 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.Con
     c.data.max_length = 2048
     c.data.buckets = (512, 1024, 2048)
     c.data.batch_size = 16
-    c.data.eval_batch_size = 8
+    c.data.val_batch_size = 8  # validation-loss batches (eval.batch_size: generation)
     c.data.worker_count = 8
     c.data.read_buffer = 1  # per process: 8 workers x (1 + their own buffers) loader batches of 140x480x480 volumes
     c.model.encoder = ml_collections.ConfigDict(dict(preset="paper", channels=2, dtype="bfloat16"))

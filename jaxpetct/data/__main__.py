@@ -11,11 +11,10 @@ exits with status 2 and one line.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional
 
-from jaxpetct.data.plan import CohortError
+from jaxpetct.errors import UserError, one_line
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -33,7 +32,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     b.add_argument("--compress", dest="compress", action="store_true", default=None,
                    help="zlib the volumes (default for *_paper configs)")
     b.add_argument("--no-compress", dest="compress", action="store_false", help="store raw bytes")
-    b.add_argument("--salt", default=os.environ.get("JAXPETCT_SALT"), help="pseudonym salt ($JAXPETCT_SALT)")
+    b.add_argument("--salt", default=None, help="pseudonym salt (else $JAXPETCT_SALT; required for real data)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--overwrite", action="store_true")
     b.add_argument("--no-progress", action="store_true")
@@ -45,8 +44,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 beam_options=args.beam_options, workers=args.workers, volume_shape=args.volume_shape,
                                 slice_shape=args.slice_shape, compress=args.compress, salt=args.salt, seed=args.seed,
                                 progress=not args.no_progress, overwrite=args.overwrite)
-    except CohortError as e:
-        print(" ".join(f"error: {e}".split()), file=sys.stderr)
+    except (UserError, FileNotFoundError) as e:
+        print(one_line(e), file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))
     return 0

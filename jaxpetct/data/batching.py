@@ -110,16 +110,3 @@ def split_meta(batch: Mapping[str, Any]) -> tuple[dict, dict]:
     arrays = {k: v for k, v in batch.items() if k != "meta"}
     return arrays, dict(batch.get("meta", {}))
 
-
-def global_batch(batch: Mapping[str, Any], sharding, *, global_batch_size: Optional[int] = None) -> dict:
-    """Per-host numpy batch -> global jax.Arrays laid out by `sharding` (one NamedSharding for all fields, or a
-    dict field -> sharding), with `jax.make_array_from_process_local_data`. `meta` stays on the host."""
-    import jax
-
-    arrays, _ = split_meta(batch)
-    out = {}
-    for k, v in arrays.items():
-        s = sharding[k] if isinstance(sharding, Mapping) else sharding
-        shape = None if global_batch_size is None else (global_batch_size, *v.shape[1:])
-        out[k] = jax.make_array_from_process_local_data(s, v, shape)
-    return out

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Optional, Sequence, Union
 
-from jaxpetct.data.generate import read_quarantine
+from jaxpetct.data.build_paths import read_quarantine
 from jaxpetct.data.plan import CohortError
 
 
@@ -97,8 +97,9 @@ def build_dataset(manual_dir: str, data_dir: str, config_name: str = "regions", 
                   overwrite: bool = False) -> BuildSummary:
     """Build <data_dir>/vimed_pet/<config>/<version> from `manual_dir`; CohortError (one line) on a bad manual dir.
 
-    An existing dataset is reused unless `overwrite`. The salt (default $JAXPETCT_SALT, else a fixed default) is
-    part of the dataset's identity: study ids are its HMAC pseudonyms.
+    An existing dataset is reused unless `overwrite`. The salt (`salt`, else $JAXPETCT_SALT, else for a synthetic
+    cohort the public demo salt; real data without one is refused) is part of the dataset's identity: study ids are
+    its HMAC pseudonyms.
     """
     import tensorflow_datasets as tfds
 

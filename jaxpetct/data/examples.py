@@ -20,9 +20,10 @@ from jaxpetct.text.augment import comparison_text
 from jaxpetct.text.lesion import Lesion
 from jaxpetct.text.report import MUSCULOSKELETAL, report_to_json
 from jaxpetct.text.vqa import group_conversations, lesion_conversations
+from jaxpetct.errors import UserError
 
 
-class ExampleError(ValueError):
+class ExampleError(UserError, ValueError):
     """A loaded study cannot become records (no report, too short to split, non-finite values)."""
 
     def __init__(self, file: str, reason: str):

@@ -18,7 +18,7 @@ import grain
 import numpy as np
 
 from jaxpetct.data import records
-from jaxpetct.data.lesion_map import lesion_map
+from jaxpetct.data.lesion_targets import lesion_map
 from jaxpetct.data.volume import resize, to_channels
 from jaxpetct.text import prompts
 from jaxpetct.text.augment import paraphrase, paraphrase_report

@@ -44,7 +44,7 @@ class LoaderConfig:
     read_threads: int = 2  # threads decoding ahead within a process
     read_buffer: int = 4  # batches read ahead within a process; Grain's default (500) would hold ~130 GB of
     #                       paper-size batches
-    lesion_table: Optional[dict] = None  # lesion_map task: {study_id: lesion centres} (data/lesion_map.py)
+    lesion_table: Optional[dict] = None  # lesion_map task: {study_id: lesion centres} (data/lesion_targets.py)
     lesion_grid: tuple = ()  # lesion_map task: the encoder's (T, h, w) token grid
 
     def __post_init__(self):

@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from jaxpetct.data.records import RecordSpec
+from jaxpetct.errors import UserError
 from jaxpetct.studies import cohort, splits
 from jaxpetct.studies.deid import scrub_text
 from jaxpetct.studies.study import StudyError
@@ -28,10 +29,9 @@ from jaxpetct.text.vqa import QAPair, VQAError, load_vqa_pairs
 TEST_EXPERT = "test_expert"
 SPLITS = (splits.TRAIN, splits.VALIDATION, splits.TEST, TEST_EXPERT)
 TRUTH, LESIONS, VQA, EXPERT = "synthetic_truth.jsonl", "lesions.jsonl", "vqa.jsonl", "expert_lesions"
-DEFAULT_SALT = "jaxpetct-dataset"
 
 
-class CohortError(ValueError):
+class CohortError(UserError, ValueError):
     """The manual dir as a whole cannot be built from; the message is one line naming the folder/file."""
 
 
@@ -40,7 +40,7 @@ class BuildOptions:
     """Everything a worker needs besides its item (picklable; part of the dataset's identity)."""
 
     spec: RecordSpec
-    salt: str = DEFAULT_SALT
+    salt: str  # resolved by the builder (studies.deid.resolve_salt): never a silent default
     region_overlap_mm: float = 60.0  # 20 slices at the release's nominal 3 mm, the paper's overlap
     include_whole_body: bool = False  # also pair the whole volume with the musculoskeletal findings
     seed: int = 0  # VQA grouping, comparison pairing

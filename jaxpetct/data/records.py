@@ -18,6 +18,7 @@ import dataclasses
 from typing import Optional
 
 import numpy as np
+from jaxpetct.errors import UserError
 
 PET_SCALES = {"SUVbw": 0.002, "BQML": 4.0, "raw": 1.0}
 CT_DTYPE, PET_DTYPE = np.int16, np.uint16
@@ -31,7 +32,7 @@ PET_DOC = ("PET as uint16: value = stored * pet_scale in pet_units (SUVbw: scale
            "pet_clipped.")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A study's volumes cannot be encoded (unknown units, non-finite values); names the study and reason."""
 
 

@@ -42,6 +42,7 @@ from flax import nnx
 from jaxpetct.text.encoder_tokenizer import EncoderTokenizer, EncoderTokenizerError
 from jaxpetct.models.safetensors_io import CheckpointError
 from jaxpetct.models.text_encoder import load_roberta
+from jaxpetct.errors import UserError
 
 KNOWN_LAYERS = {"roberta-base": 10, "roberta-large": 17, "distilroberta-base": 5, "xlm-roberta-base": 9,
                 "xlm-roberta-large": 17, "vinai/phobert-base": 9, "vinai/phobert-large": 17}
@@ -49,7 +50,7 @@ DEPTH_LAYERS = {6: 5, 12: 9, 24: 17}
 SKIP_MESSAGE = "BERTScore skipped: no encoder checkpoint directory given (pass one; nothing is downloaded)"
 
 
-class BertScoreError(ValueError):
+class BertScoreError(UserError, ValueError):
     """BERTScore cannot run: a missing/unreadable encoder folder, a bad layer or baseline; says which and why."""
 
 

@@ -37,6 +37,7 @@ from jaxpetct.eval.lesion_vocab import fdg_positive, location_group, type_catego
 from jaxpetct.eval.lesions import extract_lesions
 from jaxpetct.eval.metrics import PredictionFileError, read_jsonl
 from jaxpetct.text.lesion import Lesion
+from jaxpetct.errors import UserError, one_line
 
 CRITERIA: dict[str, tuple[str, ...]] = {
     "F1-T": ("type",),
@@ -161,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   else [extract_lesions(r[args.pred_key]) for r in rows])
         ref_l = (_aligned(args.ref_lesions, read_lesion_file(args.ref_lesions), rows) if not need_ref
                  else [extract_lesions(r[args.ref_key]) for r in rows])
-    except PredictionFileError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as e:
+        print(one_line(e), file=sys.stderr)
         return 2
     print(json.dumps(clinical_f1(pred_l, ref_l), ensure_ascii=False))
     return 0

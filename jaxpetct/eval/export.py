@@ -34,13 +34,14 @@ from jaxpetct.models.projector import Projector, ProjectorConfig
 from jaxpetct.models.safetensors_io import CheckpointError, atomic_directory, host_array
 from jaxpetct.models.vlm import VLM
 from jaxpetct.text.tokenizer import MISTRAL_V1, mistral_v1_model_file
+from jaxpetct.errors import UserError
 
 FORMAT = "jaxpetct-vlm-vision"
 VERSION = 1
 VISION_CONFIG, ENCODER_FILE, PROJECTOR_FILE = "vision_config.json", "ctvit.safetensors", "projector.safetensors"
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export directory that cannot be written or read back; names the file and the reason."""
 
 

@@ -50,6 +50,7 @@ from jaxpetct.eval.metrics import PredictionFileError, read_jsonl
 from jaxpetct.text.lesion import NONE_VALUE, Lesion
 from jaxpetct.text.report import nfc
 from jaxpetct.text.vietnamese import fold_accents, normalize_tone_placement, split_sentences
+from jaxpetct.errors import UserError, one_line
 
 _SKIP_SENTENCE = re.compile(r"sinh lý|mỡ nâu|(?<!thâm )nhiễm mỡ")
 _RECOMMENDATION = re.compile(r"^(?:cần|nên|đối chiếu|đề nghị|theo dõi)\b")
@@ -320,8 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not isinstance(row.get(args.text_key), str):
                 why = "missing key" if args.text_key not in row else "non-string value for key"
                 raise PredictionFileError(args.reports, row["_line"], f"{why} {args.text_key!r}")
-    except PredictionFileError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as e:
+        print(one_line(e), file=sys.stderr)
         return 2
     try:
         for row in rows:

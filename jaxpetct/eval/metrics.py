@@ -44,12 +44,13 @@ from collections import Counter, defaultdict
 from typing import Sequence
 
 from jaxpetct.text.vietnamese import WordSegmentationUnavailable, tokenize
+from jaxpetct.errors import UserError, one_line
 
 Tokens = Sequence[str]
 SMOOTH_METHODS = {"none": None, "floor": 0.1, "add-k": 1, "exp": None}
 
 
-class PredictionFileError(ValueError):
+class PredictionFileError(UserError, ValueError):
     """A predictions/lesions file cannot be used; names the file, the 1-based line (0 = whole file) and why."""
 
     def __init__(self, path: str | pathlib.Path, line: int, reason: str):
@@ -303,8 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             scores.update(compute_bertscore(preds, refs, args.bertscore_model, layer=args.bertscore_layer,
                                             idf=args.bertscore_idf, baseline=args.bertscore_baseline))
-    except (PredictionFileError, WordSegmentationUnavailable, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, FileNotFoundError, WordSegmentationUnavailable, ValueError) as e:
+        print(one_line(e), file=sys.stderr)
         return 2
     if not args.bertscore_model:
         print("note: bertscore skipped: no --bertscore-model DIR given (nothing is downloaded)", file=sys.stderr)

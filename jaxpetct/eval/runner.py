@@ -22,19 +22,18 @@ writes the files, so each example appears exactly once whatever the number of ho
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
 import pathlib
 import re
-import tempfile
 import time
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import jax
 import numpy as np
 
-from jaxpetct.atomic import write_text
+from jaxpetct.atomic import open_atomic, write_text
 from jaxpetct.eval.clinical import clinical_f1
 from jaxpetct.eval.lesions import extract_lesions
 from jaxpetct.eval.metrics import compute_text_metrics
@@ -43,13 +42,14 @@ from jaxpetct.models.vlm import VLM
 from jaxpetct.text.prompts import Message, PromptError, encode_conversation, image_turn, report_instruction
 from jaxpetct.text.report import nfc
 from jaxpetct.text.tokenizer import Tokenizer
+from jaxpetct.errors import UserError
 
 TASKS = ("report", "vqa")
 PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
 PSEUDONYM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")  # no spaces or slashes: never a release path/name
 
 
-class EvalExampleError(ValueError):
+class EvalExampleError(UserError, ValueError):
     """An example that cannot be evaluated; the message gives the reason, never patient data."""
 
 
@@ -204,6 +204,37 @@ def task_metrics(records: Sequence[dict], task: str, *, bertscorer=None) -> dict
     return out
 
 
+def _decode_all(run: "_Run", examples: Iterable[EvalExample], tasks: Sequence[str], *, progress: bool) -> int:
+    """Feeds the examples of `tasks` to `run` in batches of the decoding batch size; a malformed example is
+    recorded in `run.skipped` (by pseudonymous id only) and the rest go on. Returns how many examples were seen."""
+    from tqdm.auto import tqdm
+
+    generator, batch_size = run.gen, run.decoding.batch_size
+    bar = tqdm(desc="eval", unit="example", disable=not progress)
+    chunk: list[EvalExample] = []
+    seen = 0
+    for k, ex in enumerate(examples):
+        if getattr(ex, "task", None) not in tasks:
+            continue
+        seen += 1
+        try:
+            validate(ex, generator.input_shape)
+        except EvalExampleError as e:
+            ok_id = isinstance(ex.id, str) and PSEUDONYM.fullmatch(ex.id)
+            run.skipped.append({"id": ex.id if ok_id else f"example #{k}", "reason": str(e)})
+            continue
+        chunk.append(ex)
+        if len(chunk) == batch_size:
+            run.chunk(chunk)
+            bar.update(len(chunk))
+            chunk = []
+    if chunk:
+        run.chunk(chunk)
+        bar.update(len(chunk))
+    bar.close()
+    return seen
+
+
 def evaluate(model: VLM, tokenizer: Tokenizer, examples: Iterable[EvalExample], out_dir, *,
              decoding: DecodingConfig = DecodingConfig(), tasks: Sequence[str] = TASKS, mesh=None,
              bertscore_model=None, bertscore_layer: Optional[int] = None, progress: bool = True) -> dict:
@@ -217,43 +248,10 @@ def evaluate(model: VLM, tokenizer: Tokenizer, examples: Iterable[EvalExample], 
     out.mkdir(parents=True, exist_ok=True)
     generator = VLMGenerator(model, tokenizer, decoding, mesh)
     start = time.perf_counter()
-    fd, tmp = tempfile.mkstemp(prefix=f".{PREDICTIONS}.", dir=out) if writer else (None, None)
-    sink = os.fdopen(fd, "w", encoding="utf-8") if writer else None
-    run = _Run(generator, decoding, sink)
-    seen = 0
-    try:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="eval", unit="example", disable=not (progress and writer))
-        chunk: list[EvalExample] = []
-        for k, ex in enumerate(examples):
-            if getattr(ex, "task", None) not in tasks:
-                continue
-            seen += 1
-            try:
-                validate(ex, generator.input_shape)
-            except EvalExampleError as e:
-                ok_id = isinstance(ex.id, str) and PSEUDONYM.fullmatch(ex.id)
-                run.skipped.append({"id": ex.id if ok_id else f"example #{k}", "reason": str(e)})
-                continue
-            chunk.append(ex)
-            if len(chunk) == decoding.batch_size:
-                run.chunk(chunk)
-                bar.update(len(chunk))
-                chunk = []
-        if chunk:
-            run.chunk(chunk)
-            bar.update(len(chunk))
-        bar.close()
-        if sink is not None:
-            sink.close()
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, out / PREDICTIONS)
-    except BaseException:
-        if sink is not None:
-            sink.close()
-            os.unlink(tmp)
-        raise
+    # predictions.jsonl appears whole or not at all (process 0 writes it; the others only decode their rows)
+    with (open_atomic(out / PREDICTIONS, "w") if writer else contextlib.nullcontext()) as sink:
+        run = _Run(generator, decoding, sink)
+        seen = _decode_all(run, examples, tasks, progress=progress and writer)
     seconds = time.perf_counter() - start
     scorer, notes = None, []
     if bertscore_model is not None:

@@ -15,19 +15,18 @@ from typing import Optional
 import jax
 
 from jaxpetct.atomic import write_text
-from jaxpetct.data.plan import CohortError
-from jaxpetct.jobs.data import ConfigError, build, ensure_data, synth
+from jaxpetct.errors import ConfigError, UserError  # noqa: F401 (ConfigError: public here too)
+from jaxpetct.jobs.data import build, ensure_data, synth
 from jaxpetct.jobs.evaluation import evaluate, export
 from jaxpetct.jobs.training import train
-from jaxpetct.parallel.mesh import MeshError
 from jaxpetct.parallel.multihost import PrimaryFailed, on_primary
 
 log = logging.getLogger(__name__)
 
 MODES = ("synth", "build", "train", "eval", "export", "all")
-# Errors that mean "the user's input or config is wrong": launch.py prints them as one line, no traceback.
-# PrimaryFailed: what process 0 did for everyone (build, export) failed; its own traceback is on process 0.
-USER_ERRORS = (ConfigError, CohortError, FileNotFoundError, MeshError, PrimaryFailed)
+# What launch.py prints as one line, no traceback: errors in the user's input or config (errors.UserError), a
+# path that is not there, and PrimaryFailed (what process 0 did for everyone failed; its traceback is on process 0).
+USER_ERRORS = (UserError, FileNotFoundError, PrimaryFailed)
 
 
 def make_run_mesh(cfg):

@@ -19,25 +19,19 @@ from jaxpetct.data import pipeline
 from jaxpetct.data.build import BuildSummary, build_dataset
 from jaxpetct.data.inputs import AugmentConfig, ImageConfig, TextConfig, model_images
 from jaxpetct.atomic import write_text
+from jaxpetct.errors import ConfigError  # noqa: F401 (public here: jobs raise it)
+from jaxpetct.studies.deid import DEMO_SALT, resolve_salt  # noqa: F401 (DEMO_SALT: public here too)
 from jaxpetct.data.records import as_text
 
 log = logging.getLogger(__name__)
 
-DEMO_SALT = "jaxpetct-synthetic-demo"
 COHORT_SETTINGS = "synthetic_settings.json"  # written by `synth`; a built dataset keeps a copy (see `build`)
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message says which field and why."""
-
-
 def salt_of(cfg) -> str:
-    """The pseudonym salt: $JAXPETCT_SALT wins; the public demo salt is refused for real patient data."""
-    salt = os.environ.get("JAXPETCT_SALT") or cfg.salt
-    if cfg.data.source != "synthetic" and (not salt or salt == DEMO_SALT):
-        raise ConfigError("data.source is real patient data but the pseudonym salt is the public demo value: set "
-                          "$JAXPETCT_SALT or --config.salt to a secret of your own")
-    return salt
+    """The run's pseudonym salt (studies.deid.resolve_salt: --config.salt, else $JAXPETCT_SALT, else for the
+    synthetic cohort the public demo salt; refused for real data)."""
+    return resolve_salt(cfg.salt, synthetic=cfg.data.source == "synthetic", where="--config.salt")
 
 
 def manual_dir(cfg, workdir: str) -> str:
@@ -103,7 +97,7 @@ def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]
     out = {}
     root = manual_dir(cfg, workdir)
     settings = _read_text(os.path.join(root, COHORT_SETTINGS)) if cfg.data.source == "synthetic" else None
-    kw = dict(beam=bool(cfg.data.beam), beam_options=cfg.data.beam_options or None, workers=cfg.data.workers or None,
+    kw = dict(beam=bool(cfg.data.beam), beam_options=cfg.data.beam_options or None, workers=cfg.data.beam_workers or None,
               volume_shape=tuple(cfg.data.record_shape), salt=salt_of(cfg), seed=int(cfg.seed), progress=progress)
     for name in names or dataset_names(cfg):
         out[name] = build_dataset(root, data_dir(cfg, workdir), name, **kw)
@@ -138,21 +132,14 @@ def lesion_table_path(cfg, workdir: str) -> str:
 
         return os.path.join(manual_dir(cfg, workdir), TRUTH)
     raise ConfigError("encoder_pretrain objective 'lesion_map' needs data.lesion_table (JSON lines of lesion centres "
-                      "on the CT grid, see jaxpetct/data/lesion_map.py); real cohorts have none by default")
-
-
-_LESION_TABLES: dict = {}
+                      "on the CT grid, see jaxpetct/data/lesion_targets.py); real cohorts have none by default")
 
 
 def lesion_table(cfg, workdir: str) -> dict:
-    from jaxpetct.data.lesion_map import read_lesion_table
+    """The lesion-centre table keyed by pseudonymous study id (read on each call: a loader reads it once)."""
+    from jaxpetct.data.lesion_targets import read_lesion_table
 
-    path, salt = lesion_table_path(cfg, workdir), salt_of(cfg)
-    stat = os.stat(path) if os.path.isfile(path) else None
-    key = (path, salt, stat and (stat.st_mtime_ns, stat.st_size))  # a rewritten table is read again
-    if key not in _LESION_TABLES:
-        _LESION_TABLES[key] = read_lesion_table(path, salt)
-    return _LESION_TABLES[key]
+    return read_lesion_table(lesion_table_path(cfg, workdir), salt_of(cfg))
 
 
 def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: int = 0,
@@ -253,7 +240,7 @@ def val_batches(cfg, workdir: str, io: ModelIO, *, task: str = "report", split: 
     """This host's shard of the validation split as teacher-forced batches: a dataset each evaluation iterates
     afresh (a paper-size split does not fit in memory), or None when the split is empty."""
     split = split or cfg.eval.val_split
-    config = loader_config(cfg, io, train=False, task=task, batch_size=cfg.data.eval_batch_size, workdir=workdir)
+    config = loader_config(cfg, io, train=False, task=task, batch_size=cfg.data.val_batch_size, workdir=workdir)
     src = source(cfg, workdir, "regions", split)
     if len(src) == 0:
         return None

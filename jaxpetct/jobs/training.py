@@ -204,7 +204,8 @@ def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progre
         it = data_jobs.train_iterator(cfg, workdir, io, task_override=data_task, seed=int(cfg.seed),
                                       batch_size=loader_batch_size(cfg, name))
         val = data_jobs.val_batches(cfg, workdir, io, task=data_task or "report")
-        evaluate = (lambda m: {"val_loss": loss_over(m, val, mesh=mesh, task=task_fn)}) if val is not None else None
+        evaluate = (None if val is None else  # bound now: the closure must not see a later stage's split or loss
+                    lambda m, val=val, task_fn=task_fn: {"val_loss": loss_over(m, val, mesh=mesh, task=task_fn)})
         result = run_stage(model, task_fn, spec, train_iter=it, mesh=mesh, workdir=stage_dir(workdir, name),
                            seed=int(cfg.seed), evaluate=evaluate, progress=progress, stop_after=stop_after)
         if result.last_step < spec.steps:

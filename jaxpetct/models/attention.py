@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxpetct.models.config import DecoderConfig
+from jaxpetct.models.decoder_config import DecoderConfig
 from jaxpetct.models.layers import Dense
 from jaxpetct.models.rope import apply_rope
 from jaxpetct.parallel.rules import shard

@@ -17,7 +17,6 @@ the masked mean of real tokens; each goes through a bias-free Linear to the late
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from flax import nnx
 
 from jaxpetct.models.ctvit import CTViT
 from jaxpetct.models.text_encoder import RobertaEncoder
+from jaxpetct.parallel.rules import param_axes
 
 Array = jax.Array
 
@@ -62,10 +62,6 @@ def siglip_loss(image_emb: Array, text_emb: Array, log_scale: Array, bias: Array
     return loss, {"loss": loss, "logit_scale": scale, "logit_bias": bias, "retrieval_accuracy": accuracy}
 
 
-def _axes(*names: str | None) -> dict[str, Any]:
-    return {"out_sharding": tuple(names), "eager_sharding": False}
-
-
 class VolumeTextCLIP(nnx.Module):
     """CT-ViT + RoBERTa towers with latent heads and the loss's learnable temperature (and SigLIP bias)."""
 
@@ -82,14 +78,14 @@ class VolumeTextCLIP(nnx.Module):
         _, h, w = vision.cfg.grid
         vision_features = h * w * vision.cfg.out_dim if vision_pool == "ctclip" else vision.cfg.out_dim
         linear = dict(use_bias=False, rngs=rngs)
-        self.to_vision_latent = nnx.Linear(vision_features, latent_dim, kernel_metadata=_axes("vis_proj", None),
+        self.to_vision_latent = nnx.Linear(vision_features, latent_dim, kernel_metadata=param_axes("vis_proj", None),
                                            **linear)
-        self.to_text_latent = nnx.Linear(text.cfg.hidden_size, latent_dim, kernel_metadata=_axes("embed", None),
+        self.to_text_latent = nnx.Linear(text.cfg.hidden_size, latent_dim, kernel_metadata=param_axes("embed", None),
                                          **linear)
         if init_log_scale is None:
             init_log_scale = math.log(1 / 0.07) if loss == "clip" else math.log(10.0)
-        self.log_scale = nnx.Param(jnp.asarray(init_log_scale, jnp.float32), **_axes())
-        self.logit_bias = nnx.Param(jnp.asarray(-10.0, jnp.float32), **_axes()) if loss == "siglip" else None
+        self.log_scale = nnx.Param(jnp.asarray(init_log_scale, jnp.float32), **param_axes())
+        self.logit_bias = nnx.Param(jnp.asarray(-10.0, jnp.float32), **param_axes()) if loss == "siglip" else None
 
     def encode_volume(self, images: Array) -> Array:
         tokens = self.vision(images)  # (B, T, h, w, d)

@@ -33,16 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxpetct.models.config import Precision
-from jaxpetct.parallel.rules import shard
+from jaxpetct.models.decoder_config import Precision
+from jaxpetct.parallel.rules import param_axes, shard
 
 Array = jax.Array
 GRID_ACT = ("batch", None, None, None, "act_embed")  # (B, T, h, w, d) activations: batch-parallel, features whole
-
-
-def _axes(*names: str | None) -> dict[str, Any]:
-    """Logical-axis metadata for a parameter; placement happens later, from jaxpetct.parallel.rules (never eagerly)."""
-    return {"out_sharding": tuple(names), "eager_sharding": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +122,7 @@ class ScaleNorm(nnx.Module):
     """LayerNorm with a learned gain and a fixed zero bias (CT-CLIP's ``LayerNorm``; torch eps 1e-5)."""
 
     def __init__(self, dim: int, cfg: CTViTConfig):
-        self.scale = nnx.Param(jnp.ones((dim,), cfg.weight_dtype), **_axes("norm"))
+        self.scale = nnx.Param(jnp.ones((dim,), cfg.weight_dtype), **param_axes("norm"))
 
     def __call__(self, x: Array) -> Array:
         x32 = x.astype(jnp.float32)
@@ -138,12 +133,12 @@ class ScaleNorm(nnx.Module):
 
 def _layernorm(dim: int, cfg: CTViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(dim, epsilon=1e-5, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs,
-                         scale_metadata=_axes("norm"), bias_metadata=_axes("norm"))
+                         scale_metadata=param_axes("norm"), bias_metadata=param_axes("norm"))
 
 
 def _linear(din: int, dout: int, axes: tuple[str, str], cfg: CTViTConfig, rngs: nnx.Rngs, bias: bool) -> nnx.Linear:
     return nnx.Linear(din, dout, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs,
-                      kernel_metadata=_axes(*axes), bias_metadata=_axes(axes[1]))
+                      kernel_metadata=param_axes(*axes), bias_metadata=param_axes(axes[1]))
 
 
 def alibi_slopes(heads: int) -> np.ndarray:
@@ -193,8 +188,8 @@ class PEG(nnx.Module):
         self.causal = cfg.peg_causal
         self.conv = nnx.Conv(cfg.dim, cfg.dim, kernel_size=(3, 3, 3), padding="VALID", feature_group_count=cfg.dim,
                              dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs,
-                             kernel_metadata=_axes("conv", "conv", "conv", "channels", "vis_embed"),
-                             bias_metadata=_axes("vis_embed"))
+                             kernel_metadata=param_axes("conv", "conv", "conv", "channels", "vis_embed"),
+                             bias_metadata=param_axes("vis_embed"))
 
     def __call__(self, x: Array) -> Array:  # (B, T, h, w, d)
         t_pad = (2, 0) if self.causal else (1, 1)
@@ -210,8 +205,8 @@ class Attention(nnx.Module):
         self.norm = ScaleNorm(cfg.dim, cfg)
         self.to_q = _linear(cfg.dim, inner, ("vis_embed", "vis_heads"), cfg, rngs, bias=False)
         self.to_kv = _linear(cfg.dim, 2 * inner, ("vis_embed", "vis_heads"), cfg, rngs, bias=False)
-        self.q_scale = nnx.Param(jnp.ones((cfg.dim_head,), cfg.weight_dtype), **_axes("head_dim"))
-        self.k_scale = nnx.Param(jnp.ones((cfg.dim_head,), cfg.weight_dtype), **_axes("head_dim"))
+        self.q_scale = nnx.Param(jnp.ones((cfg.dim_head,), cfg.weight_dtype), **param_axes("head_dim"))
+        self.k_scale = nnx.Param(jnp.ones((cfg.dim_head,), cfg.weight_dtype), **param_axes("head_dim"))
         self.to_out = _linear(inner, cfg.dim, ("vis_heads", "vis_embed"), cfg, rngs, bias=False)
 
     def __call__(self, x: Array, bias: Array | None, causal: bool) -> Array:  # x (N, S, d)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxpetct.models.attention import Attention, resolve_implementation, visibility_mask
-from jaxpetct.models.config import DecoderConfig
+from jaxpetct.models.decoder_config import DecoderConfig
 from jaxpetct.models.kvcache import KVCache, slot_positions
 from jaxpetct.models.layers import MLP, Embed, RMSNorm, annotated_param, normal_init
 from jaxpetct.models.rope import inverse_frequencies, rope_tables

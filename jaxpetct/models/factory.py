@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxpetct.models import config as decoder_configs
+from jaxpetct.models import decoder_config as decoder_configs
 from jaxpetct.models.contrastive import VolumeTextCLIP
 from jaxpetct.models.ctvit import CTViT, CTViTConfig
 from jaxpetct.models.decoder import Decoder

@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxpetct.models import lora as lora_lib
-from jaxpetct.models.config import ConfigError, DecoderConfig
+from jaxpetct.models.decoder_config import ConfigError, DecoderConfig
 from jaxpetct.models.decoder import Decoder
 from jaxpetct.models.safetensors_io import (CheckpointError, SafetensorsCheckpoint, atomic_directory, host_array,
                                             load_state, write_safetensors)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxpetct.models.config import DecoderConfig
+from jaxpetct.models.decoder_config import DecoderConfig
 from jaxpetct.parallel.rules import shard
 
 CACHE_AXES = ("layers", "batch", "cache_length", "act_kv_heads", "kv")

@@ -1,6 +1,6 @@
 """Encoder pre-training by lesion-centre maps: CT-ViT + a per-token linear head, weighted binary cross entropy.
 
-The alternative to the paper's CLIP stage where lesion centres are known (jaxpetct/data/lesion_map.py says why):
+The alternative to the paper's CLIP stage where lesion centres are known (jaxpetct/data/lesion_targets.py says why):
 each of the T x h x w tokens predicts whether a lesion centre lies in it. Positives are rare (a few tokens of
 512), so they weigh `pos_weight` times a negative. The CT-ViT is stored under ``vision/`` as in the CLIP model,
 so the VLM stages load it the same way (``vision/`` -> ``encoder/``), with its lesion head when the encoder has a

@@ -36,13 +36,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxpetct.parallel.rules import param_axes
 
 Array = jax.Array
-
-
-def _axes(*names: str | None) -> dict[str, Any]:
-    """Logical-axis metadata, placed later from jaxpetct.parallel.rules (never eagerly)."""
-    return {"out_sharding": tuple(names), "eager_sharding": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +164,9 @@ class Projector(nnx.Module):
         self.cfg = cfg
         common = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.fc1 = nnx.Linear(cfg.in_features, cfg.d_model, kernel_init=kernel_init,
-                              kernel_metadata=_axes("vis_proj", "embed"), bias_metadata=_axes("embed"), **common)
-        self.fc2 = (nnx.Linear(cfg.d_model, cfg.d_model, kernel_metadata=_axes("mlp", "embed"),
-                               bias_metadata=_axes("embed"), **common) if cfg.kind == "mlp" else None)
+                              kernel_metadata=param_axes("vis_proj", "embed"), bias_metadata=param_axes("embed"), **common)
+        self.fc2 = (nnx.Linear(cfg.d_model, cfg.d_model, kernel_metadata=param_axes("mlp", "embed"),
+                               bias_metadata=param_axes("embed"), **common) if cfg.kind == "mlp" else None)
 
     def __call__(self, tokens: Array) -> Array:
         cfg = self.cfg

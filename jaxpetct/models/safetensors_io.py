@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 
 from jaxpetct.parallel.mesh import single_device_mesh
 from jaxpetct.parallel.rules import LOGICAL_RULES, named_sharding, logical_axes_of
+from jaxpetct.errors import UserError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -32,7 +33,7 @@ SINGLE_NAME = "model.safetensors"
 Source = Union[np.ndarray, Sequence[np.ndarray], Callable[[int], np.ndarray]]
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint directory or tensor that cannot be used; names the file (and tensor) and the reason."""
 
     def __init__(self, file: Union[str, os.PathLike], reason: str):

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxpetct.models.config import Precision
+from jaxpetct.models.decoder_config import Precision
 from jaxpetct.models.hf_io import read_config
 from jaxpetct.models.safetensors_io import CheckpointError, SafetensorsCheckpoint, load_state
-from jaxpetct.parallel.rules import LOGICAL_RULES
+from jaxpetct.parallel.rules import LOGICAL_RULES, param_axes
 
 Array = jax.Array
 
@@ -36,11 +36,6 @@ _ACTIVATIONS = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
 }
-
-
-def _axes(*names: str | None) -> dict[str, Any]:
-    """Logical-axis metadata, placed later from jaxpetct.parallel.rules (never eagerly)."""
-    return {"out_sharding": tuple(names), "eager_sharding": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,19 +95,19 @@ def roberta_position_ids(input_ids: Array, pad_token_id: int) -> Array:
 
 def _linear(din: int, dout: int, axes: tuple[str, str], cfg: RobertaConfig, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(din, dout, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs,
-                      kernel_init=nnx.initializers.normal(0.02), kernel_metadata=_axes(*axes),
-                      bias_metadata=_axes(axes[1]))
+                      kernel_init=nnx.initializers.normal(0.02), kernel_metadata=param_axes(*axes),
+                      bias_metadata=param_axes(axes[1]))
 
 
 def _layernorm(cfg: RobertaConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
                          param_dtype=cfg.weight_dtype,
-                         rngs=rngs, scale_metadata=_axes("norm"), bias_metadata=_axes("norm"))
+                         rngs=rngs, scale_metadata=param_axes("norm"), bias_metadata=param_axes("norm"))
 
 
 def _embed(n: int, axes: tuple[str | None, str], cfg: RobertaConfig, rngs: nnx.Rngs) -> nnx.Embed:
     return nnx.Embed(n, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs,
-                     embedding_init=nnx.initializers.normal(0.02), embedding_metadata=_axes(*axes))
+                     embedding_init=nnx.initializers.normal(0.02), embedding_metadata=param_axes(*axes))
 
 
 class RobertaLayer(nnx.Module):
@@ -130,10 +125,10 @@ class RobertaLayer(nnx.Module):
         self.ffn_norm = _layernorm(cfg, rngs)
 
     def __call__(self, x: Array, key_mask: Array) -> Array:
-        b, l, d = x.shape
-        q, k, v = (proj(x).reshape(b, l, self.num_heads, self.head_dim) for proj in (self.query, self.key, self.value))
+        b, t, d = x.shape
+        q, k, v = (proj(x).reshape(b, t, self.num_heads, self.head_dim) for proj in (self.query, self.key, self.value))
         attn = jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None, None, :])
-        h = self.attn_norm(x + self.attn_out(attn.reshape(b, l, d)))
+        h = self.attn_norm(x + self.attn_out(attn.reshape(b, t, d)))
         return self.ffn_norm(h + self.ffn_out(self.act(self.ffn_in(h))))
 
 

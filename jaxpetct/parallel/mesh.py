@@ -13,11 +13,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 from jax.sharding import AxisType, Mesh
+from jaxpetct.errors import UserError
 
 AXES = ("data", "fsdp", "tensor")
 
 
-class MeshError(ValueError):
+class MeshError(UserError, ValueError):
     """A mesh shape that cannot be laid over the available devices; the message gives both."""
 
 

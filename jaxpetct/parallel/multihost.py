@@ -15,11 +15,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
+from jaxpetct.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class MultihostError(RuntimeError):
+class MultihostError(UserError, RuntimeError):
     """The job looks multi-host but the distributed runtime could not be set up; the message says what is missing."""
 
 

@@ -60,6 +60,12 @@ class ShardingRuleError(KeyError):
     """A logical axis name that the rules table does not know (a typo would otherwise silently replicate)."""
 
 
+def param_axes(*names: Optional[str]) -> dict[str, Any]:
+    """A parameter's variable metadata: its logical axis names, mapped to mesh axes by LOGICAL_RULES when the
+    state is placed (`state_shardings`, `place_state`), never eagerly at init (init stays on one device)."""
+    return {"out_sharding": tuple(names), "eager_sharding": False}
+
+
 def _rule_table(rules: Sequence[tuple[str, MeshAxes]]) -> dict[str, MeshAxes]:
     return {name: axes for name, axes in rules}
 

@@ -6,13 +6,13 @@
 
 `--patient` takes the manifest name ("patient_12"), or the study key ("PETCT2017/THANG 8/day_1_patient_12")
 when a name repeats across years. Unreadable input exits with status 2 and one line naming the file; nothing
-identifying is printed (the study id is a salted pseudonym; the salt comes from --salt or $JAXPETCT_SALT).
+identifying is printed (the study id is a salted pseudonym; the salt comes from --salt or $JAXPETCT_SALT, and real
+data without one is refused; a synthetic cohort falls back to the public demo salt).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Optional
 
@@ -21,13 +21,14 @@ import numpy as np
 from jaxpetct.studies import cohort, regions
 from jaxpetct.studies.study import Study, StudyError
 from jaxpetct.text.report import IMPRESSION_KEY, SECTIONS
+from jaxpetct.errors import UserError, one_line
+from jaxpetct.studies.deid import is_synthetic_cohort, resolve_salt
 
-DEFAULT_SALT = "jaxpetct-inspect"
 HU_RANGE = (-1100.0, 4000.0)  # outside this a CT is padded oddly, holds metal, or is not in HU
 MAX_PLAUSIBLE_SUV = 100.0
 
 
-class InspectError(Exception):
+class InspectError(UserError):
     """A one-line, non-identifying reason to stop."""
 
 
@@ -112,10 +113,11 @@ def summarize(study: Study, problems: list[str], config: regions.RegionConfig = 
     }
 
 
-def inspect(path: str, patient: Optional[str], salt: str) -> dict:
+def inspect(path: str, patient: Optional[str], salt: Optional[str]) -> dict:
     refs = cohort.list_studies(path)
     ref = _pick_release(refs, patient) if cohort.is_release_root(path) else _pick_dicom(refs)
     problems = [f"{s.file}: {s.reason}" for s in getattr(refs, "skipped", [])][:20]
+    salt = resolve_salt(salt, synthetic=is_synthetic_cohort(path))  # a study was found: now it is read
     study, notes = cohort.load_study_with_notes(ref, salt=salt)
     return summarize(study, problems + list(notes))
 
@@ -140,7 +142,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ins.add_argument("path")
     ins.add_argument("--patient", help="manifest name or study key, for a release root")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
-    ins.add_argument("--salt", default=os.environ.get("JAXPETCT_SALT", DEFAULT_SALT), help="pseudonym salt")
+    ins.add_argument("--salt", default=None, help="pseudonym salt (else $JAXPETCT_SALT; required for real data)")
     syn = sub.add_parser("synth", help="write the synthetic cohort in the release layout")
     syn.add_argument("out")
     syn.add_argument("--n", type=int, default=24)
@@ -164,8 +166,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except StudyError as e:
         print(" ".join(f"error: {e.file}: {e.reason} (study {e.study})".split()), file=sys.stderr)
         return 2
-    except (InspectError, FileExistsError, ValueError) as e:
-        print(" ".join(f"error: {e}".split()), file=sys.stderr)
+    except (UserError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(one_line(e), file=sys.stderr)
         return 2
     print(json.dumps(rec, ensure_ascii=False) if args.json else _human(rec))
     return 0

@@ -17,14 +17,54 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import os
 import re
 import unicodedata
-from typing import Iterable
+from typing import Iterable, Optional
+
+from jaxpetct.errors import UserError
 
 NAME_TAG, ID_TAG, DATE_TAG, PHONE_TAG = "[NAME]", "[ID]", "[DATE]", "[PHONE]"
 ADDRESS_TAG, EMAIL_TAG, INSTITUTION_TAG, PHI_TAG = "[ADDRESS]", "[EMAIL]", "[INSTITUTION]", "[PHI]"
 
 PSEUDONYM_HEX_CHARS = 16  # 64 bits: collisions stay negligible for any hospital's archive
+
+
+SALT_ENV = "JAXPETCT_SALT"
+# The public salt of synthetic cohorts (README, tests, the demo): anyone can recompute its pseudonyms, so it is
+# refused for real data. The only place this literal is written.
+DEMO_SALT = "jaxpetct-synthetic-demo"
+
+
+class SaltError(UserError, ValueError):
+    """No usable pseudonym salt for real patient data."""
+
+
+def resolve_salt(explicit: Optional[str] = None, *, synthetic: bool, where: str = "--salt") -> str:
+    """The pseudonym salt of every entry point: `explicit` (a flag or config value), else $JAXPETCT_SALT, else, for
+    synthetic data only, the public demo salt. Real data without a secret salt is refused: a public or empty salt
+    makes patient and study ids recomputable from the records. `where` names the setting in the message."""
+    salt = explicit or os.environ.get(SALT_ENV) or ""
+    if synthetic:
+        return salt or DEMO_SALT
+    if not salt or salt == DEMO_SALT:
+        raise SaltError(f"this is real patient data but the pseudonym salt is {'the public demo value' if salt else 'unset'}"
+                        f": set ${SALT_ENV} or {where} to a secret of your own (keep it: the same salt gives the same "
+                        f"pseudonyms across builds)")
+    return salt
+
+
+def is_synthetic_cohort(path: str) -> bool:
+    """`path` is, or lies inside, a cohort written by `jaxpetct.studies.synthetic` (which leaves its ground truth,
+    synthetic_truth.jsonl, at the root); anything else is treated as real patient data."""
+    here = os.path.abspath(os.fspath(path))
+    while True:
+        if os.path.isfile(os.path.join(here, "synthetic_truth.jsonl")):
+            return True
+        parent = os.path.dirname(here)
+        if parent == here:
+            return False
+        here = parent
 
 
 def pseudonymize(identifier: str, salt: str) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxpetct.studies.dicom_scan import quiet
 from jaxpetct.studies.study import Volume
+from jaxpetct.errors import UserError
 
 DUPLICATE_TOL_MM = 1e-3
 SPACING_REL_TOL = 0.01  # 1 % of the slice step ...
@@ -29,7 +30,7 @@ ORIENTATION_TOL = 1e-4
 COSINE_TOL = 1e-3
 
 
-class SeriesError(Exception):
+class SeriesError(UserError):
     """A series cannot become a volume; `file` is the relative path most responsible, `reason` says why."""
 
     def __init__(self, file: str, reason: str):

@@ -6,16 +6,14 @@ synthetic cohort ships an optional DICOM form. The files carry realistic tags, i
 reproduce what real exports do to a reader: random file names, arbitrary nesting, instance numbers that run
 against the slice position, and stacks stored top-down.
 
-Each file is written atomically (temp file + os.replace).
+Each file is written atomically (`jaxpetct.atomic`).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 import pathlib
 import random
-import tempfile
 from typing import Optional
 
 import numpy as np
@@ -27,6 +25,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from jaxpetct.studies.study import Volume
 from jaxpetct.studies.suv import F18_HALF_LIFE_S, PetDose, bqml_factor
+from jaxpetct.atomic import open_atomic
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PET_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
@@ -232,16 +231,8 @@ def _save(ds: Dataset, path: pathlib.Path) -> None:
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pydicom.dcmwrite(fh, ds, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open_atomic(path, "wb") as fh:
+        pydicom.dcmwrite(fh, ds, enforce_file_format=True)
 
 
 def _relpath(rng: random.Random, layout: Layout, patient: PatientTags, modality: str, instance: int) -> str:

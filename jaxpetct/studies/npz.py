@@ -14,17 +14,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-import tempfile
 import zipfile
 from typing import Mapping
 
 import numpy as np
+from jaxpetct.errors import UserError
+from jaxpetct.atomic import open_atomic
 
 _CHUNK = 1 << 22
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's own local-file-header layout (30 bytes)
 
 
-class NpzError(ValueError):
+class NpzError(UserError, ValueError):
     """The file is not a readable NPZ holding the requested array; the message says why."""
 
 
@@ -143,23 +144,14 @@ def read_array(path: str, key: str = "data", *, mmap: bool = True) -> np.ndarray
 
 
 def write_npz(path: str, arrays: Mapping[str, np.ndarray], *, compress: bool = False) -> None:
-    """Write `arrays` as an NPZ that np.load reads, byte-for-byte reproducible, via temp file + os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", allowZip64=True) as zf:
-            for key, value in arrays.items():
-                info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-                info.external_attr = 0o644 << 16
-                with zf.open(info, "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `arrays` as an NPZ that np.load reads, byte-for-byte reproducible, atomically."""
+    with open_atomic(path, "wb") as raw, zipfile.ZipFile(raw, "w", allowZip64=True) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 __all__ = ["NpzError", "NpyHeader", "read_header", "read_array", "write_npz"]

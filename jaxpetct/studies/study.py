@@ -13,11 +13,12 @@ from typing import Literal, Optional
 import numpy as np
 
 from jaxpetct.text.report import Report
+from jaxpetct.errors import UserError
 
 Units = Literal["HU", "SUVbw", "BQML", "raw"]
 
 
-class StudyError(Exception):
+class StudyError(UserError):
     """A study (or one of its files) cannot be read; carries the pseudonymous study id, the file and the reason.
 
     `file` is a path relative to the input root (never an absolute path that might carry a patient's name

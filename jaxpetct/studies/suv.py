@@ -26,6 +26,7 @@ import datetime as dt
 import math
 import re
 from typing import Any, Optional, Sequence
+from jaxpetct.errors import UserError
 
 F18_HALF_LIFE_S = 6586.2  # 109.77 min
 SUPPORTED_DECAY_CORRECTIONS = ("START", "ADMIN")
@@ -33,7 +34,7 @@ MAX_UPTAKE_HALF_LIVES = 10.0
 _NO_DATE = dt.date(2000, 1, 1)  # stands in when a header carries times of day but no dates
 
 
-class SuvError(ValueError):
+class SuvError(UserError, ValueError):
     """The PET header does not allow a well-defined SUVbw; the message is the reason (no header values)."""
 
 

@@ -29,6 +29,7 @@ from jaxpetct.studies import npz, phantom, release, splits
 from jaxpetct.studies.deid import pseudonymize
 from jaxpetct.studies.synthetic_reports import SITES, LesionFact, write_reports
 from jaxpetct.text.report import report_to_json
+from jaxpetct.atomic import open_atomic
 
 TRUTH = "synthetic_truth.jsonl"
 SCAN_FRACTION = 0.60  # vertex to mid-thigh, as a fraction of height
@@ -256,11 +257,8 @@ def encoding_for(size: SizeSpec) -> release.ReleaseEncoding:
 
 
 def _write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+    with open_atomic(path, "w", newline="") as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def _json(obj) -> str:

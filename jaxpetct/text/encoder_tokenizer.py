@@ -19,11 +19,12 @@ import re
 from typing import Optional, Sequence
 
 from jaxpetct.text.report import nfc
+from jaxpetct.errors import UserError
 
 UNLIMITED = 10**6  # transformers' "no model_max_length" is 1e30; anything this large means unset
 
 
-class EncoderTokenizerError(ValueError):
+class EncoderTokenizerError(UserError, ValueError):
     """An encoder folder whose tokenizer cannot be read; names the folder (its last component) and the reason."""
 
 

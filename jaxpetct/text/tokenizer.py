@@ -17,12 +17,13 @@ import pathlib
 from typing import Optional, Protocol, Sequence, runtime_checkable
 
 from jaxpetct.text.report import nfc
+from jaxpetct.errors import UserError
 
 MISTRAL_V1 = "mistral-v1"
 _MISTRAL_V1_FILE = "tokenizer.model.v1"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer cannot be loaded or used; names the source (a spec or a folder's name) and the reason."""
 
     def __init__(self, source: str, reason: str):

@@ -21,9 +21,10 @@ from jaxpetct.text.phrasing import (clean_value, describe_lesion, fdg_clause, le
                                     upper_first)
 from jaxpetct.text.prompts import REGION_PHRASES, Message, image_turn, region_section
 from jaxpetct.text.report import nfc
+from jaxpetct.errors import UserError
 
 
-class VQAError(ValueError):
+class VQAError(UserError, ValueError):
     """A VQA file or record is malformed; names the file (and line) or the record field, never its content."""
 
 

@@ -11,7 +11,7 @@ is ever in memory (the whole paper batch of 256 is 66 GB in float32). `make_trai
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 import flax.struct
 import jax
@@ -125,17 +125,6 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, tx: optax.GradientTransf
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, task: Task):
-    """Returns eval_step(state, batch) -> (loss_sum, count): sums, so the caller averages over a whole split."""
-
-    def eval_step(state: TrainState, batch: dict):
-        model = nnx.merge(graphdef, state.params, state.frozen)
-        loss_sum, count, _ = task(model, batch, train=False)
-        return loss_sum, count
-
-    return eval_step
-
-
 def init_state(params: Any, frozen: Any, tx: optax.GradientTransformation, *, seed: int) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -143,14 +132,4 @@ def init_state(params: Any, frozen: Any, tx: optax.GradientTransformation, *, se
         frozen=frozen,
         opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed)),
-    )
-
-
-def with_shardings(fn: Callable, state_sharding: Any, batch_sharding: Any, *, donate: bool = True):
-    """jit a train step with explicit in/out shardings and the state donated (updated in place on device)."""
-    return jax.jit(
-        fn,
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, None),
-        donate_argnums=(0,) if donate else (),
     )

@@ -46,6 +46,3 @@ def lesion_map_loss(model: nnx.Module, batch: dict, *, train: bool):
     """Per-token lesion-centre BCE (encoder pre-training from lesion centres, models/lesion_map.py)."""
     _mode(model, train)
     return model.loss(batch["images"], batch["lesion_map"])
-
-
-TASKS = {"vlm": vlm_answer_loss, "text_only": text_only_loss, "clip": clip_loss, "lesion_map": lesion_map_loss}

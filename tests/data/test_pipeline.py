@@ -205,10 +205,13 @@ def test_transforms_pickle_for_worker_processes():
 def test_global_batch_on_a_mesh(built):
     from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+    from jaxpetct.parallel.batches import to_global
+
     b = next(iter(pipeline.make_dataset(source(built), "mistral-v1", cfg(batch_size=8), shard_index=0,
                                         shard_count=1)))
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
-    out = batching.global_batch(b, NamedSharding(mesh, PartitionSpec("data")))
+    arrays, _ = batching.split_meta(b)
+    out = to_global(arrays, {k: NamedSharding(mesh, PartitionSpec("data")) for k in arrays})
     assert set(out) == {"images", "input_ids", "positions", "attention_mask", "image_mask", "loss_mask"}
     for k, v in out.items():
         assert v.shape == b[k].shape and v.dtype == b[k].dtype

@@ -10,7 +10,7 @@ from flax import nnx
 from scipy import ndimage
 
 from jaxpetct.eval.runner import EvalExample
-from jaxpetct.models import config as dcfg
+from jaxpetct.models import decoder_config as dcfg
 from jaxpetct.models.ctvit import CTViT, CTViTConfig
 from jaxpetct.models.decoder import Decoder
 from jaxpetct.models.projector import Projector, ProjectorConfig

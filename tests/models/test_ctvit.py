@@ -124,7 +124,7 @@ def test_forward_matches_a_torch_restatement_of_ct_clip():
     model = CTViT(cfg, rngs=nnx.Rngs(5))
     vol = np.array(_volume(cfg, batch=1, seed=4))
     t_ = lambda a: torch.from_numpy(np.array(a[...], np.float32))  # noqa: E731
-    lin = lambda x, l: F.linear(x, t_(l.kernel).T, None if l.bias is None else t_(l.bias))  # noqa: E731
+    lin = lambda x, m: F.linear(x, t_(m.kernel).T, None if m.bias is None else t_(m.bias))  # noqa: E731
     ln = lambda x, n: F.layer_norm(x, x.shape[-1:], t_(n.scale), t_(n.bias), 1e-5)  # noqa: E731
     scale_norm = lambda x, n: F.layer_norm(x, x.shape[-1:], t_(n.scale), None, 1e-5)  # noqa: E731
 

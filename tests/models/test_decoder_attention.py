@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxpetct.models.attention import attend, visibility_mask
-from jaxpetct.models.config import ConfigError, tiny
+from jaxpetct.models.decoder_config import ConfigError, tiny
 
 
 def _naive(q, k, v, mask):

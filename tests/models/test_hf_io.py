@@ -7,8 +7,8 @@ import pytest
 import torch
 import transformers
 
-from jaxpetct.models import config as cfglib
-from jaxpetct.models.config import ConfigError, DecoderConfig
+from jaxpetct.models import decoder_config as cfglib
+from jaxpetct.models.decoder_config import ConfigError, DecoderConfig
 from jaxpetct.models.hf_io import export_decoder, load_decoder
 from jaxpetct.models.safetensors_io import CheckpointError, SafetensorsCheckpoint
 from tests.models.hf_tiny import forward, hf_logits, make_hf, padded_batch, save_hf

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxpetct.models import config as dcfg
+from jaxpetct.models import decoder_config as dcfg
 from jaxpetct.models.ctvit import CTViT, CTViTConfig
 from jaxpetct.models.decoder import Decoder
 from jaxpetct.models.projector import Projector, ProjectorConfig

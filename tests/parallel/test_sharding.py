@@ -8,7 +8,7 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from jaxpetct.eval.generate import generate
-from jaxpetct.models.config import tiny
+from jaxpetct.models.decoder_config import tiny
 from jaxpetct.models.decoder import Decoder
 from jaxpetct.models.hf_io import load_decoder
 from jaxpetct.parallel.mesh import MeshConfig, MeshError, make_mesh

@@ -119,3 +119,36 @@ def test_real_reports_clinical_text_unchanged(realdata):
     print(f"scrubbed {len(texts)} real texts ({sum(map(len, texts))} characters): {len(changed)} changes")
     assert len(texts) > 500
     assert changed == []
+
+
+def test_one_salt_rule_for_every_entry_point(tiny_cohort, tmp_path, monkeypatch):
+    """explicit > $JAXPETCT_SALT > (synthetic cohorts only) the demo salt; real data without a secret is refused."""
+    from jaxpetct.errors import UserError
+    from jaxpetct.studies.deid import DEMO_SALT, SALT_ENV, SaltError, is_synthetic_cohort, resolve_salt
+
+    monkeypatch.delenv(SALT_ENV, raising=False)
+    assert is_synthetic_cohort(tiny_cohort) and is_synthetic_cohort(tiny_cohort / "PETCT2017")  # inside one too
+    assert not is_synthetic_cohort(tmp_path)
+    assert resolve_salt(None, synthetic=True) == DEMO_SALT
+    assert resolve_salt("mine", synthetic=True) == "mine"
+    for salt in (None, "", DEMO_SALT):
+        with pytest.raises(SaltError, match="JAXPETCT_SALT") as e:
+            resolve_salt(salt, synthetic=False)
+        assert isinstance(e.value, UserError)
+    monkeypatch.setenv(SALT_ENV, "from-env")
+    assert resolve_salt(None, synthetic=False) == "from-env" and resolve_salt(None, synthetic=True) == "from-env"
+    assert resolve_salt("flag", synthetic=False) == "flag"  # a flag or config value wins over the environment
+
+
+def test_real_data_builds_need_a_salt(tmp_path, monkeypatch, capsys):
+    """`python -m jaxpetct.data build` on a folder that is not a synthetic cohort, without a salt: one line, exit 2,
+    before any study is read."""
+    from jaxpetct.data.__main__ import main
+
+    monkeypatch.delenv("JAXPETCT_SALT", raising=False)
+    (tmp_path / "dicom").mkdir()
+    (tmp_path / "dicom" / "notes.txt").write_text("a hospital export")
+    assert main(["build", "--manual-dir", str(tmp_path / "dicom"), "--data-dir", str(tmp_path / "tfds"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "JAXPETCT_SALT" in err[0], err

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from jaxpetct.studies.dicom import find_dicom_studies, load_dicom_study, read_dicom_folder, read_dicom_volume
-from jaxpetct.studies.dicom_writer import Layout, PatientTags, PetAcquisition, write_dicom_study
+from jaxpetct.studies.dicom_writer import Layout, PatientTags, write_dicom_study
 from jaxpetct.studies.resample import resample_to_grid
-from jaxpetct.studies.study import StudyError
 
 from tests.studies import test_dicom_support as sup
 

@@ -85,7 +85,7 @@ def slow(item, options):
     time.sleep(0.3)  # keep the build busy long enough to be killed mid-way
     yield from real(item, options)
 examples.process = slow
-import jaxpetct.data.generate as g
+import jaxpetct.data.build_paths as g
 g.process = slow
 from tests.tfds_builder import cohort_fixtures as cf
 cf.build(sys.argv[1], sys.argv[2], "slices")

@@ -15,7 +15,7 @@ def tiny_config(workdir: pathlib.Path, shared: pathlib.Path):
     cfg.data.synthetic.n = 12
     cfg.data.synthetic.size = "tiny"
     cfg.data.batch_size = 4
-    cfg.data.eval_batch_size = 4
+    cfg.data.val_batch_size = 4
     cfg.model.encoder = dict(preset="tiny", channels=2, patch_input_norm=False, lesion_channel=True)
     cfg.model.projector.pool = 4  # the whole 4 x 4 slab grid, as the default's 8 on its 8 x 8
     cfg.model.lora.rank = 4

@@ -81,3 +81,18 @@ def test_a_rewritten_synthetic_cohort_rebuilds_its_datasets(tmp_path):
     table = data_jobs.lesion_table(cfg, str(tmp_path))
     src = data_jobs.pipeline.open_source(second.dataset_dir, "train")
     assert all(as_text(src[i]["study_id"]) in table for i in range(len(src)))
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--config.mesh.fsdp=3"], "not divisible by 3"),  # a mesh the devices cannot form (1 CPU device here)
+    (["--config.stages.lora.nosuch=1"], "--config.stages.lora.nosuch"),  # a setting no stage has
+    (["--config.stages.nosuch.steps=1"], "--config.stages.nosuch.steps"),  # a stage no config has
+    (["--config.data.batch_size=abc"], "--config.data.batch_size=abc"),  # a value of the wrong type
+    (["--config=configs/nosuch.py"], "configs/nosuch.py"),  # a config file that is not there
+])
+def test_user_errors_are_one_line_and_exit_2(subprocess_env, tmp_path, args, names):
+    done = launch([f"--workdir={tmp_path}", "--mode=train", *args], subprocess_env, timeout=300)
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith(("I1", "W1"))]  # absl INFO
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], lines
+    assert "Traceback" not in done.stderr

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from jaxpetct.models import config as cfglib
+from jaxpetct.models import decoder_config as cfglib
 from jaxpetct.models.decoder import Decoder
 from jaxpetct.models.losses import chunked_cross_entropy
 from jaxpetct.train import perf
@@ -248,7 +248,7 @@ def test_greedy_decode_loop_trip_count():
     cfg = cfglib.tiny(num_layers=2, vocab_size=500, scan_layers=True)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
     ids = jax.ShapeDtypeStruct((3, 10), jnp.int32)
-    counts = {n: perf.count_flops(lambda s, i: generate((graphdef, s), input_ids=i, max_new_tokens=n).tokens,
+    counts = {n: perf.count_flops(lambda s, i, n=n: generate((graphdef, s), input_ids=i, max_new_tokens=n).tokens,
                                   state, ids) for n in (4, 7)}
     assert counts[4].unbounded_loops == counts[7].unbounded_loops == 0
     per_token = (counts[7].executed - counts[4].executed) / 3

@@ -22,8 +22,9 @@ try:
 except ImportError:  # `tfds build tfds_builder/vimed_pet` from a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from jaxpetct.data import generate, no_tf, plan  # noqa: E402
+from jaxpetct.data import build_paths, no_tf, plan  # noqa: E402
 from jaxpetct.data.records import RecordSpec, features  # noqa: E402
+from jaxpetct.studies.deid import is_synthetic_cohort, resolve_salt  # noqa: E402
 
 no_tf.install()  # plain builds over 1 GiB per split spill to disk through tf.io.gfile; see jaxpetct/data/no_tf.py
 
@@ -98,16 +99,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._seed = seed
         self._use_beam = False
         self._quarantine: list = []
+        self._build_salt: Optional[str] = None
         self._notes: dict = {}
         super().__init__(**kwargs)
 
     @property
     def build_options(self) -> plan.BuildOptions:
-        import os
-
         cfg = self.builder_config
-        salt = self._salt or os.environ.get("JAXPETCT_SALT") or plan.DEFAULT_SALT
-        return plan.BuildOptions(cfg.spec, salt=salt, include_whole_body=cfg.include_whole_body, seed=self._seed)
+        if self._build_salt is None:
+            raise RuntimeError("build_options before _split_generators resolved the salt")
+        return plan.BuildOptions(cfg.spec, salt=self._build_salt, include_whole_body=cfg.include_whole_body,
+                                 seed=self._seed)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -121,10 +123,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._use_beam = auto if self._beam is None else self._beam
         self._quarantine = []
         super()._download_and_prepare(dl_manager, download_config)
-        found = generate.write_quarantine(str(self.data_dir), self._quarantine)
+        found = build_paths.write_quarantine(str(self.data_dir), self._quarantine)
         self._notes["quarantined"] = len(found)
         self._notes["path"] = "beam" if self._use_beam else "plain"
-        generate.write_notes(str(self.data_dir), self._notes)
+        build_paths.write_notes(str(self.data_dir), self._notes)
 
     def _split_generators(self, dl_manager):
         try:
@@ -132,6 +134,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         except AssertionError:
             raise plan.CohortError(f"manual_dir {getattr(dl_manager, '_manual_dir', '?')} does not exist or is "
                                    "empty (see MANUAL_DOWNLOAD_INSTRUCTIONS)") from None
+        # --salt, else $JAXPETCT_SALT, else (a synthetic cohort only) the demo salt; real data without one stops here
+        self._build_salt = resolve_salt(self._salt, synthetic=is_synthetic_cohort(str(manual_dir)))
         work = plan.make_plan(str(manual_dir), self.build_options)
         self._quarantine.extend(work.quarantine)
         self._notes = {"studies_listed": work.studies, "notes": work.notes,
@@ -140,6 +144,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, items, split):
         if self._use_beam:
-            return generate.beam_examples(items, self.build_options, str(self.data_dir), split)
-        return generate.plain_examples(items, self.build_options, self._quarantine, progress=self._progress,
+            return build_paths.beam_examples(items, self.build_options, str(self.data_dir), split)
+        return build_paths.plain_examples(items, self.build_options, self._quarantine, progress=self._progress,
                                        desc=f"{self.builder_config.name}/{split}")

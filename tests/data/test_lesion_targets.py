@@ -11,7 +11,7 @@ import pytest
 
 from jaxpetct.data import pipeline
 from jaxpetct.data.inputs import ImageConfig, physical
-from jaxpetct.data.lesion_map import LesionTableError, lesion_map, read_lesion_table
+from jaxpetct.data.lesion_targets import LesionTableError, lesion_map, read_lesion_table
 from jaxpetct.data.records import as_text
 from jaxpetct.data.volume import resize
 from jaxpetct.models.lesion_map import weighted_bce

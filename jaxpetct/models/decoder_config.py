@@ -11,14 +11,15 @@ from typing import Any, Literal, Optional
 
 import jax.numpy as jnp
 
+# ConfigError: a model configuration this port cannot reproduce exactly; the message names the key and the reason.
+from jaxpetct.errors import ConfigError
+
 Family = Literal["llama", "mistral", "qwen2"]
 FAMILIES = ("llama", "mistral", "qwen2")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 _ROPE_TYPES = ("llama3", "linear")
 
 
-class ConfigError(ValueError):
-    """A model configuration that this port cannot reproduce exactly; the message names the key and the reason."""
 
 
 class Precision:

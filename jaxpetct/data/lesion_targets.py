@@ -25,11 +25,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from jaxpetct.data import records
+from jaxpetct.errors import UserError
 
 Centres = tuple[tuple[int, int, int], ...]
 
 
-class LesionTableError(ValueError):
+class LesionTableError(UserError, ValueError):
     """A lesion table that cannot be read; the message names the file, the line and the reason."""
 
 
