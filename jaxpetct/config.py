@@ -34,6 +34,9 @@ def stage(steps: int = 0, *, epochs: float = 0.0, peak_lr: float, **kw) -> ml_co
     # whose encoder comes pre-trained from encoder_pretrain / CT-CLIP).
     c.encoder_lr_scale = 0.0
     c.init_from = ""  # earlier stage whose final weights start this one ("" = the previous stage in `order`)
+    c.kind = ""  # registered stage kind (jaxpetct/train/stages.py); "" = the stage's own name
+    # ((group, path regex[, lr scale]), ...) overriding the kind's trainable groups; () = the kind's
+    c.trainable = ()
     c.update(kw)
     return c
 

@@ -132,6 +132,29 @@ def _time_bound(flops: float, bytes_moved: float, devices: int, target: dict) ->
     return max(flops / devices / target["peak_flops"], bytes_moved / target["hbm_bandwidth"])
 
 
+def _compile_step(stepper: Stepper, state, batch) -> tuple[dict, perf.FlopCount, float]:
+    """({program: memory}, FLOPs of one optimizer step, compile seconds) of the programs the loop runs: the fused
+    step, or the first micro-batch, every later one (x accumulation steps) and the update."""
+    t0 = time.perf_counter()
+    if stepper.accum == 1:
+        lowered = {"fused": stepper.lower("fused", state, batch=batch)}
+    else:
+        lowered = {"first": stepper.lower("first", state, batch=batch)}
+        acc = abstract.with_sharding(jax.eval_shape(lambda s, b: stepper.accumulate(s, None, b), state, batch),
+                                     stepper.accumulator_shardings(state, batch))
+        lowered["accumulate"] = stepper.lower("accumulate", state, batch=batch, acc=acc)
+        lowered["apply"] = stepper.lower("apply", state, acc=acc)
+    mems = {kind: _memory(low.compile()) for kind, (low, _) in lowered.items()}
+    counts = {kind: f for kind, (_, f) in lowered.items()}
+    if stepper.accum == 1:
+        flops = counts["fused"]
+    else:
+        k, acc_f, apply_f = stepper.accum, counts["accumulate"], counts["apply"]
+        flops = perf.FlopCount(executed=k * acc_f.executed + apply_f.executed, model=k * acc_f.model + apply_f.model,
+                               unbounded_loops=acc_f.unbounded_loops)
+    return mems, flops, time.perf_counter() - t0
+
+
 def plan_stage(cfg, name: str, mesh, target: dict, *, processes: int) -> dict:
     """Compile one stage's train step at its largest shapes; the figures of the module docstring."""
     devices = mesh.devices.size
@@ -148,25 +171,8 @@ def plan_stage(cfg, name: str, mesh, target: dict, *, processes: int) -> dict:
     encoder = model.encoder.cfg if hasattr(model, "encoder") else model.vision.cfg
     schema = abstract.host_batch_schema(encoder, data_task, rows // accum, length)  # one loader batch
     batch, _ = abstract.abstract_global_batch(schema, mesh, processes)
-    stepper = Stepper(st.graphdef, task_fn, st.tx, mesh, st.shardings, accum)
-    t0 = time.perf_counter()
-    if accum == 1:
-        lowered = {"fused": stepper.lower("fused", st.state, batch=batch)}
-    else:  # the loop's programs: the first micro-batch, every later one, the update
-        lowered = {"first": stepper.lower("first", st.state, batch=batch)}
-        acc = abstract.with_sharding(jax.eval_shape(lambda s, b: stepper.accumulate(s, None, b), st.state, batch),
-                                     stepper.accumulator_shardings(st.state, batch))
-        lowered["accumulate"] = stepper.lower("accumulate", st.state, batch=batch, acc=acc)
-        lowered["apply"] = stepper.lower("apply", st.state, acc=acc)
-    mems = {kind: _memory(low.compile()) for kind, (low, _) in lowered.items()}
-    compile_s = time.perf_counter() - t0
-    counts = {kind: f for kind, (_, f) in lowered.items()}
-    if accum == 1:
-        flops = counts["fused"]
-    else:
-        flops = perf.FlopCount(executed=accum * counts["accumulate"].executed + counts["apply"].executed,
-                               model=accum * counts["accumulate"].model + counts["apply"].model,
-                               unbounded_loops=counts["accumulate"].unbounded_loops)
+    mems, flops, compile_s = _compile_step(Stepper(st.graphdef, task_fn, st.tx, mesh, st.shardings, accum),
+                                           st.state, batch)
     largest = max(mems, key=lambda k: mems[k]["total"])
     mem = mems[largest]  # the program that needs the most memory decides the fit
     params_b = abstract.shard_bytes((st.state.params, st.state.frozen))
@@ -225,8 +231,7 @@ def plan_generate(cfg, mesh, target: dict) -> dict:
     the largest length bucket; the decode loop is counted at its full eval.max_new_tokens.
     """
     devices = mesh.devices.size
-    vlm_stages = [s for s in cfg.order if s in training.VLM_STAGES]
-    with_lora = training.uses_lora(cfg, vlm_stages[-1])
+    with_lora = training.uses_lora(cfg, training.vlm_stages(cfg)[-1])
     model = nnx.eval_shape(lambda: build_vlm(cfg.model.to_dict(), seed=int(cfg.seed), with_lora=with_lora))
     graphdef, state = nnx.split(model)
     state = abstract.with_sharding(state, state_shardings(state, mesh))
@@ -289,15 +294,13 @@ def plan(cfg, workdir: str, *, stages: Optional[list[str]] = None) -> dict:
     mesh = _mesh(cfg, n)
     cfg = offline_config(cfg)
     names = list(stages or cfg.order)
-    unknown = [s for s in names if s not in training.STAGE_NAMES]
-    if unknown:
-        raise ConfigError(f"unknown stages {unknown}; known: {training.STAGE_NAMES}")
+    for name in names:
+        training.kind_of(cfg, name)  # a registered kind for every stage, before anything compiles
     out = {"target": target, "config": cfg.name, "devices": n, "processes": processes,
            "mesh": dict(zip(mesh.axis_names, (int(s) for s in mesh.axis_sizes))), "stages": {}}
     for name in names:
         out["stages"][name] = plan_stage(cfg, name, mesh, target, processes=processes)
-    vlm = [s for s in cfg.order if s in training.VLM_STAGES]
-    out["generate"] = plan_generate(cfg, mesh, target) if vlm and cfg.plan.get("generate", True) else None
+    out["generate"] = plan_generate(cfg, mesh, target) if training.vlm_stages(cfg) and cfg.plan.get("generate", True) else None
     os.makedirs(workdir, exist_ok=True)
     write_text(os.path.join(workdir, "plan.json"), json.dumps(out, indent=1))
     return out

@@ -20,19 +20,15 @@ from flax import nnx
 from jaxpetct.atomic import write_text
 from jaxpetct.data.batching import EMPTY_ROW_VALUES, TOKEN_FIELDS
 from jaxpetct.jobs import data as data_jobs
-from jaxpetct.models.factory import build_clip, build_lesion_mapper, build_vlm
+from jaxpetct.models.factory import build_vlm
 from jaxpetct.parallel.batches import aligned, batch_sharding, to_global
 from jaxpetct.parallel.multihost import on_primary
 from jaxpetct.train.loop import StageSpec, model_arrays, run_stage
-from jaxpetct.train.optimizer import STAGE_GROUPS, ParamGroup
-from jaxpetct.train.tasks import clip_loss, lesion_map_loss, text_only_loss, vlm_answer_loss
+from jaxpetct.train.stages import kind_of, trainable_groups
+from jaxpetct.train.tasks import vlm_answer_loss
 from jaxpetct.train.weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
-
-VLM_STAGES = ("lm_pretrain", "align", "lora", "full")
-STAGE_NAMES = ("encoder_pretrain", *VLM_STAGES)
-
 
 def stage_dir(workdir: str, name: str) -> str:
     return os.path.join(os.path.abspath(workdir), name)
@@ -43,11 +39,16 @@ def weights_dir(workdir: str, name: str) -> str:
 
 
 def uses_lora(cfg, name: str) -> bool:
-    """LoRA adapters exist from the `lora` stage on (and in every later VLM stage and at evaluation)."""
+    """LoRA adapters exist from the first stage whose kind adds them (and in every later VLM stage and at
+    evaluation); a stage not in `order` (evaluation, export) sees them if any stage of `order` adds them."""
     order = list(cfg.order)
-    if name not in order:
-        return "lora" in order
-    return "lora" in order[: order.index(name) + 1] and int(cfg.model.lora.rank) > 0
+    upto = order[: order.index(name) + 1] if name in order else order
+    return any(kind_of(cfg, s).adds_lora for s in upto) and int(cfg.model.lora.rank) > 0
+
+
+def vlm_stages(cfg) -> list[str]:
+    """The stages of `order` that train the VLM (evaluation and export use the last one's weights)."""
+    return [s for s in cfg.order if kind_of(cfg, s).vlm]
 
 
 def model_io(model) -> data_jobs.ModelIO:
@@ -55,34 +56,9 @@ def model_io(model) -> data_jobs.ModelIO:
     return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]), tuple(enc.grid))
 
 
-def encoder_lr_scale(cfg, name: str) -> float:
-    """LR scale of CT-ViT in a VLM stage; 0 keeps it frozen (the paper: only encoder_pretrain trains it)."""
-    if name not in ("align", "lora", "full"):
-        return 0.0
-    return float(cfg.stages[name].get("encoder_lr_scale", 0.0) or 0.0)
-
-
-ENCODER_OBJECTIVES = ("clip", "lesion_map")
-
-
-def encoder_objective(cfg) -> str:
-    """What encoder_pretrain optimises: the paper's CLIP against report text, or lesion-centre maps."""
-    objective = cfg.stages.encoder_pretrain.get("objective", "clip")
-    if objective not in ENCODER_OBJECTIVES:
-        raise data_jobs.ConfigError(f"stages.encoder_pretrain.objective={objective!r}; use one of {ENCODER_OBJECTIVES}")
-    return objective
-
-
 def build_stage_model(cfg, name: str, *, mesh=None):
-    if name == "encoder_pretrain":
-        if encoder_objective(cfg) == "lesion_map":
-            return build_lesion_mapper(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh,
-                                       pos_weight=float(cfg.stages.encoder_pretrain.get("pos_weight", 21.0)))
-        return build_clip(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh)
-    model_cfg = cfg.model.to_dict()
-    if encoder_lr_scale(cfg, name) > 0:
-        model_cfg["freeze_encoder"] = False  # gradients must reach the encoder this stage trains
-    return build_vlm(model_cfg, seed=int(cfg.seed), mesh=mesh, with_lora=uses_lora(cfg, name))
+    """The model stage `name` trains, as its kind builds it (train.stages)."""
+    return kind_of(cfg, name).build(cfg, name, mesh, uses_lora(cfg, name))
 
 
 def init_from(cfg, name: str) -> Optional[str]:
@@ -98,7 +74,7 @@ def load_previous(model, cfg, workdir: str, name: str) -> Optional[dict]:
     prev = init_from(cfg, name)
     if prev is None:
         return None
-    if prev == "encoder_pretrain" and name != "encoder_pretrain":
+    if not kind_of(cfg, prev).vlm and kind_of(cfg, name).vlm:  # a pre-trained CT-ViT (stored as vision/)
         return load_weights(model, weights_dir(workdir, prev), prefix_map={"vision/": "encoder/"}, require="encoder/")
     return load_weights(model, weights_dir(workdir, prev), require="decoder/")
 
@@ -125,10 +101,7 @@ def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
         steps = max(1, math.ceil(float(s.epochs) * n_train / global_batch))
     if steps < 1:
         raise data_jobs.ConfigError(f"stages.{name}: give steps or epochs")
-    groups, enc_scale = None, encoder_lr_scale(cfg, name)
-    if enc_scale > 0:
-        groups = (*STAGE_GROUPS[name], ParamGroup("encoder", r"^encoder/", lr_scale=enc_scale))
-    return StageSpec(name=name, steps=steps, groups=groups, peak_lr=float(s.peak_lr),
+    return StageSpec(name=name, steps=steps, groups=trainable_groups(cfg, name), peak_lr=float(s.peak_lr),
                      warmup_fraction=float(s.warmup_fraction),
                      final_lr_fraction=float(s.final_lr_fraction), weight_decay=float(s.weight_decay),
                      clip_norm=float(s.clip_norm) if s.clip_norm else None, grad_accum_steps=int(s.grad_accum_steps),
@@ -137,12 +110,9 @@ def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
 
 
 def stage_task(cfg, name: str):
-    """(loss function, data task override or None) of a stage."""
-    if name == "encoder_pretrain":
-        return (lesion_map_loss, "lesion_map") if encoder_objective(cfg) == "lesion_map" else (clip_loss, "clip")
-    if name == "lm_pretrain":
-        return text_only_loss, None
-    return vlm_answer_loss, None
+    """(loss function, data task override or None) of a stage, from its kind."""
+    kind = kind_of(cfg, name)
+    return kind.loss, kind.data_task
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "task"))
@@ -184,11 +154,10 @@ def _stage_done(workdir: str, name: str) -> Optional[dict]:
 def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progress: bool = True,
           stop_after: Optional[int] = None) -> dict:
     """Run the configured stages (or `stages`); returns {stage: summary}."""
-    order = list(cfg.order)
-    unknown = [s for s in order if s not in STAGE_NAMES]
-    if unknown:
-        raise data_jobs.ConfigError(f"unknown stages {unknown} in order; known: {STAGE_NAMES}")
+    for s in cfg.order:
+        kind_of(cfg, s)  # every stage of order resolves to a registered kind before anything runs
     summaries = {}
+    order = list(cfg.order)
     for name in stages or order:
         done = _stage_done(workdir, name)
         if done is not None:
@@ -224,10 +193,10 @@ def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progre
 
 def final_model(cfg, workdir: str, *, mesh=None):
     """The VLM after the last VLM stage of `order`, with its weights loaded."""
-    vlm_stages = [s for s in cfg.order if s in VLM_STAGES]
-    if not vlm_stages:
+    stages = vlm_stages(cfg)
+    if not stages:
         raise data_jobs.ConfigError("no VLM stage in order: nothing to evaluate or export")
-    last = vlm_stages[-1]
+    last = stages[-1]
     model = build_vlm(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh, with_lora=uses_lora(cfg, last))
     load_weights(model, weights_dir(workdir, last), require="decoder/")
     return model

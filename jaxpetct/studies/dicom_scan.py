@@ -240,6 +240,24 @@ def find_dicom_studies(root) -> DicomStudyList:
         return _find(root)
 
 
+def _series_refs(study_uid: str, by_series: dict, first_header: dict) -> tuple:
+    """One study's DicomSeriesRefs, in (series UID, modality) order; a UID shared by CT and PT files is flagged."""
+    modalities_of = collections.defaultdict(set)
+    for series_uid, modality in by_series:
+        modalities_of[series_uid].add(modality)
+    series = []
+    for (series_uid, modality), files in sorted(by_series.items()):
+        first = first_header[(study_uid, series_uid, modality)]
+        number = _tag(first, "SeriesNumber")
+        series.append(DicomSeriesRef(
+            modality=modality, series_uid=series_uid, files=tuple(files),
+            series_number=int(number) if re.fullmatch(r"-?\d+", number) else None,
+            image_type=_multi(first, "ImageType"), corrected_image=_multi(first, "CorrectedImage"),
+            conflict="files of modalities CT and PT share one SeriesInstanceUID (mixed series)"
+            if len(modalities_of[series_uid]) > 1 else ""))
+    return tuple(series)
+
+
 def _find(root) -> DicomStudyList:
     root = pathlib.Path(root)
     if not root.is_dir():
@@ -279,23 +297,9 @@ def _find(root) -> DicomStudyList:
             else:
                 groups[study_uid][(series_uid, modality)].append(rel)
                 first_header.setdefault((study_uid, series_uid, modality), ds)
-    studies = []
-    for index, study_uid in enumerate(sorted(groups)):
-        by_series = groups[study_uid]
-        modalities_of = collections.defaultdict(set)
-        for series_uid, modality in by_series:
-            modalities_of[series_uid].add(modality)
-        series = []
-        for (series_uid, modality), files in sorted(by_series.items()):
-            first = first_header[(study_uid, series_uid, modality)]
-            number = _tag(first, "SeriesNumber")
-            series.append(DicomSeriesRef(
-                modality=modality, series_uid=series_uid, files=tuple(files),
-                series_number=int(number) if re.fullmatch(r"-?\d+", number) else None,
-                image_type=_multi(first, "ImageType"), corrected_image=_multi(first, "CorrectedImage"),
-                conflict="files of modalities CT and PT share one SeriesInstanceUID (mixed series)"
-                if len(modalities_of[series_uid]) > 1 else ""))
-        studies.append(DicomStudyRef(index, os.path.abspath(root), study_uid, tuple(series)))
+    studies = [DicomStudyRef(index, os.path.abspath(root), study_uid,
+                             _series_refs(study_uid, groups[study_uid], first_header))
+               for index, study_uid in enumerate(sorted(groups))]
     scrub = Scrubber(phi, name_parts=True)
     skipped = [Skipped(scrub(s.file), scrub(s.reason)) for s in skipped]
     log.info("DICOM scan: %d files, %d studies, %d files skipped", n_files, len(studies), len(skipped))

@@ -83,12 +83,8 @@ def _check_image(ds: Any, file: str) -> tuple[int, int]:
     return int(rows), int(cols)
 
 
-def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, list[Any], list[str], list[str]]:
-    """(volume, headers in slice order, files in slice order, notes) for one series' (file, dataset) pairs.
-
-    The data sets' pixel data is consumed (dropped once converted) to keep one copy of a study in memory.
-    """
-    notes: list[str] = []
+def _unique_instances(items: Sequence[tuple[str, Any]], notes: list[str]) -> list[tuple[str, Any]]:
+    """The (file, dataset) pairs without second copies of an instance (same SOPInstanceUID), each drop noted."""
     seen: dict[str, str] = {}
     unique = []
     for file, ds in items:
@@ -100,21 +96,26 @@ def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, 
         unique.append((file, ds))
     if not unique:
         raise SeriesError(".", "series has no images")
+    return unique
 
-    first_file, first = unique[0]
-    shape0 = _check_image(first, first_file)
+
+def _orientation(first: Any, first_file: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, slice-normal) unit vectors of the first image; non-orthonormal cosines are refused."""
     iop0 = _numbers(first, "ImageOrientationPatient", 6, first_file)
-    ps0 = _numbers(first, "PixelSpacing", 2, first_file)
     row_dir, col_dir = iop0[:3], iop0[3:]
     if (abs(np.linalg.norm(row_dir) - 1) > COSINE_TOL or abs(np.linalg.norm(col_dir) - 1) > COSINE_TOL
             or abs(float(row_dir @ col_dir)) > COSINE_TOL):
         raise SeriesError(first_file, "ImageOrientationPatient cosines are not two orthonormal vectors")
-    if np.any(ps0 <= 0):
-        raise SeriesError(first_file, "PixelSpacing must be positive")
     row_dir, col_dir = row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir)
     normal = np.cross(row_dir, col_dir)
-    normal /= np.linalg.norm(normal)
+    return row_dir, col_dir, normal / np.linalg.norm(normal)
 
+
+def _positions(unique: Sequence[tuple[str, Any]], shape0: tuple[int, int], ps0: np.ndarray) -> np.ndarray:
+    """ImagePositionPatient of every image, after checking that they all belong to one series (same size,
+    orientation, pixel spacing and rescale tags as the first): a mixed series would silently misplace values."""
+    first_file, first = unique[0]
+    iop0 = _numbers(first, "ImageOrientationPatient", 6, first_file)
     rescale0 = ("RescaleSlope" in first, "RescaleIntercept" in first)
     positions = []
     for file, ds in unique:
@@ -128,38 +129,61 @@ def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, 
         if np.max(np.abs(_numbers(ds, "PixelSpacing", 2, file) - ps0)) > ORIENTATION_TOL * float(ps0.max()):
             raise SeriesError(file, f"mixed series: PixelSpacing differs from {first_file}")
         positions.append(_numbers(ds, "ImagePositionPatient", 3, file))
-    pos = np.stack(positions)
+    return np.stack(positions)
+
+
+def _slice_step(first: Any, files: Sequence[str], pos: np.ndarray, dist: np.ndarray, normal: np.ndarray) -> float:
+    """The slice spacing in mm of positions sorted along the normal; duplicated positions, gaps and tilted
+    (sheared) stacks are refused, since a regular grid is what every later stage assumes."""
+    if len(files) == 1:
+        step = _number(first, "SpacingBetweenSlices", files[0]) or _number(first, "SliceThickness", files[0])
+        if not step or step <= 0:
+            raise SeriesError(files[0], "a single slice without SpacingBetweenSlices or SliceThickness")
+        return float(step)
+    steps = np.diff(dist)
+    k = int(np.argmin(steps))
+    if steps[k] < DUPLICATE_TOL_MM:
+        raise SeriesError(files[k + 1], f"duplicated slice position: {files[k]} lies at the same position "
+                                        "along the slice normal")
+    step = float((dist[-1] - dist[0]) / (len(files) - 1))
+    usual = float(np.median(steps))  # the regular step; a gap is the outlier against it
+    dev = np.abs(steps - usual)
+    k = int(np.argmax(dev))
+    if dev[k] > max(SPACING_ABS_TOL, SPACING_REL_TOL * usual):
+        raise SeriesError(files[k + 1], f"uneven slice spacing: {steps[k]:.3f} mm from {files[k]}, "
+                                        f"{usual:.3f} mm between most slices (missing slices or a gap)")
+    deltas = np.diff(pos, axis=0)
+    along = deltas @ normal
+    across = np.linalg.norm(deltas - along[:, None] * normal[None], axis=1)
+    k = int(np.argmax(across / along))
+    if across[k] > max(SPACING_ABS_TOL, TILT_TOL * along[k]):
+        angle = math.degrees(math.atan2(across[k], along[k]))
+        raise SeriesError(files[k + 1], f"slices step {angle:.2f} degrees off the slice normal (gantry tilt "
+                                        "or a sheared stack): resample to an orthogonal grid first")
+    return step
+
+
+def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, list[Any], list[str], list[str]]:
+    """(volume, headers in slice order, files in slice order, notes) for one series' (file, dataset) pairs.
+
+    The data sets' pixel data is consumed (dropped once converted) to keep one copy of a study in memory.
+    """
+    notes: list[str] = []
+    unique = _unique_instances(items, notes)
+    first_file, first = unique[0]
+    shape0 = _check_image(first, first_file)
+    _numbers(first, "ImageOrientationPatient", 6, first_file)  # read before PixelSpacing, as errors were ordered
+    ps0 = _numbers(first, "PixelSpacing", 2, first_file)
+    row_dir, col_dir, normal = _orientation(first, first_file)
+    if np.any(ps0 <= 0):
+        raise SeriesError(first_file, "PixelSpacing must be positive")
+    pos = _positions(unique, shape0, ps0)
     dist = pos @ normal
     order = np.argsort(dist, kind="stable")
     files = [unique[i][0] for i in order]
     headers = [unique[i][1] for i in order]
     pos, dist = pos[order], dist[order]
-
-    if len(files) == 1:
-        step = _number(first, "SpacingBetweenSlices", first_file) or _number(first, "SliceThickness", first_file)
-        if not step or step <= 0:
-            raise SeriesError(first_file, "a single slice without SpacingBetweenSlices or SliceThickness")
-    else:
-        steps = np.diff(dist)
-        k = int(np.argmin(steps))
-        if steps[k] < DUPLICATE_TOL_MM:
-            raise SeriesError(files[k + 1], f"duplicated slice position: {files[k]} lies at the same position "
-                                            "along the slice normal")
-        step = float((dist[-1] - dist[0]) / (len(files) - 1))
-        usual = float(np.median(steps))  # the regular step; a gap is the outlier against it
-        dev = np.abs(steps - usual)
-        k = int(np.argmax(dev))
-        if dev[k] > max(SPACING_ABS_TOL, SPACING_REL_TOL * usual):
-            raise SeriesError(files[k + 1], f"uneven slice spacing: {steps[k]:.3f} mm from {files[k]}, "
-                                            f"{usual:.3f} mm between most slices (missing slices or a gap)")
-        deltas = np.diff(pos, axis=0)
-        along = deltas @ normal
-        across = np.linalg.norm(deltas - along[:, None] * normal[None], axis=1)
-        k = int(np.argmax(across / along))
-        if across[k] > max(SPACING_ABS_TOL, TILT_TOL * along[k]):
-            angle = math.degrees(math.atan2(across[k], along[k]))
-            raise SeriesError(files[k + 1], f"slices step {angle:.2f} degrees off the slice normal (gantry tilt "
-                                            "or a sheared stack): resample to an orthogonal grid first")
+    step = _slice_step(first, files, pos, dist, normal)
 
     data = np.empty((len(files),) + shape0, dtype=np.float32)
     for k, (file, ds) in enumerate(zip(files, headers)):

@@ -145,6 +145,32 @@ def _where(region: Optional[str]) -> str:
     return "trên PET/CT toàn thân" if section is None else f"ở {REGION_PHRASES[section]}"
 
 
+def _per_lesion_pairs(lesions: Sequence[Lesion], avid: Sequence[Optional[bool]], q) -> list[QAPair]:
+    """Location (unique types only), size, SUVmax and uptake questions per lesion, asked in lesion order with the
+    caller's seeded phrasing `q`; a lesion that shares type and location with another gets none."""
+    out = []
+    types = [nfc(lesion_name(les)).lower() for les in lesions]
+    names = [(t, nfc(lesion_location(les)).lower()) for t, les in zip(types, lesions)]
+    for i, les in enumerate(lesions):
+        if not is_stated(les.location):
+            continue
+        the, loc = lesion_name(les), lesion_location(les)
+        if types.count(types[i]) == 1 and is_stated(les.type):
+            out.append(QAPair(q(_LOCATION_Q, The=upper_first(the), the=the),
+                              f"{upper_first(the)} nằm ở {loc}."))
+        if names.count(names[i]) > 1:
+            continue  # two lesions with the same type and location: no question can single one out
+        fmt = dict(The=upper_first(the), the=the, location=loc)
+        if is_stated(les.size):
+            size = lower_first(clean_value(les.size))
+            out.append(QAPair(q(_SIZE_Q, **fmt), f"{upper_first(the)} ở {loc} có kích thước {size}."))
+        if avid[i] is not None:
+            out.append(QAPair(q(_SUV_Q, **fmt), f"{upper_first(the)} ở {loc} {fdg_clause(les)}."))
+            yes = "Có" if avid[i] else "Không"
+            out.append(QAPair(q(_UPTAKE_Q, **fmt), f"{yes}. {upper_first(the)} ở {loc} {fdg_clause(les)}."))
+    return out
+
+
 def lesion_qa(lesions: Sequence[Lesion], region: Optional[str] = None, findings: Optional[str] = None,
               seed: int = 0, max_pairs: Optional[int] = None) -> list[QAPair]:
     """Open-ended QA pairs about a region's (or the study's) lesions: presence, counts, the hottest lesion,
@@ -182,25 +208,7 @@ def lesion_qa(lesions: Sequence[Lesion], region: Optional[str] = None, findings:
             hot = lesions[top[1]]
             out.append(QAPair(q(_HOTTEST_Q), f"Tổn thương có SUVmax cao nhất là {lesion_name(hot)} ở "
                                              f"{lesion_location(hot)}, với SUVmax {clean_value(hot.suvmax)}."))
-    types = [nfc(lesion_name(les)).lower() for les in lesions]
-    names = [(t, nfc(lesion_location(les)).lower()) for t, les in zip(types, lesions)]
-    for i, les in enumerate(lesions):
-        if not is_stated(les.location):
-            continue
-        the, loc = lesion_name(les), lesion_location(les)
-        if types.count(types[i]) == 1 and is_stated(les.type):
-            out.append(QAPair(q(_LOCATION_Q, The=upper_first(the), the=the),
-                              f"{upper_first(the)} nằm ở {loc}."))
-        if names.count(names[i]) > 1:
-            continue  # two lesions with the same type and location: no question can single one out
-        fmt = dict(The=upper_first(the), the=the, location=loc)
-        if is_stated(les.size):
-            size = lower_first(clean_value(les.size))
-            out.append(QAPair(q(_SIZE_Q, **fmt), f"{upper_first(the)} ở {loc} có kích thước {size}."))
-        if avid[i] is not None:
-            out.append(QAPair(q(_SUV_Q, **fmt), f"{upper_first(the)} ở {loc} {fdg_clause(les)}."))
-            yes = "Có" if avid[i] else "Không"
-            out.append(QAPair(q(_UPTAKE_Q, **fmt), f"{yes}. {upper_first(the)} ở {loc} {fdg_clause(les)}."))
+    out += _per_lesion_pairs(lesions, avid, q)
     if findings and findings.strip():
         out.append(QAPair(q(_FINDINGS_Q, where=where), nfc(findings.strip())))
     if max_pairs is not None and len(out) > max_pairs:

@@ -23,7 +23,8 @@ from jaxpetct.parallel.multihost import any_process
 from jaxpetct.parallel.rules import state_shardings
 from jaxpetct.train import perf
 from jaxpetct.train.checkpoint import Checkpointer, abstract_like
-from jaxpetct.train.optimizer import STAGE_GROUPS, ParamGroup, Schedule, assign_groups, make_optimizer, path_str
+from jaxpetct.train.optimizer import ParamGroup, Schedule, assign_groups, make_optimizer, path_str
+from jaxpetct.train.stages import STAGES
 from jaxpetct.train.step import Task, TrainState, init_state
 from jaxpetct.train.stepper import Stepper, model_arrays  # noqa: F401 (model_arrays: public here too)
 from jaxpetct.train.writers import MetricWriter
@@ -56,9 +57,9 @@ class StageSpec:
     def param_groups(self) -> tuple[ParamGroup, ...]:
         if self.groups:
             return tuple(self.groups)
-        if self.name not in STAGE_GROUPS:
-            raise ValueError(f"stage {self.name!r} has no default parameter groups; known: {sorted(STAGE_GROUPS)}")
-        return STAGE_GROUPS[self.name]
+        if self.name not in STAGES:
+            raise ValueError(f"stage {self.name!r} has no registered kind, so give its `groups`; known: {sorted(STAGES)}")
+        return STAGES[self.name].groups
 
 
 def split_trainable(model: nnx.Module, groups: tuple[ParamGroup, ...]):
@@ -153,99 +154,101 @@ class StageResult:
     metrics: dict
 
 
-def run_stage(
-    model: nnx.Module,
-    task: Task,
-    spec: StageSpec,
-    *,
-    train_iter: Iterator[dict],
-    mesh,
-    workdir: str | os.PathLike,
-    seed: int = 0,
-    evaluate: Optional[Callable[[nnx.Module], dict]] = None,
-    progress: bool = True,
-    stop_after: Optional[int] = None,
-) -> StageResult:
+class _Throughput:
+    """Tokens/s, step time, MFU and HFU over the steps since the last log line."""
+
+    def __init__(self):
+        self.t0, self.tokens, self.steps = time.perf_counter(), 0, 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens, self.steps = self.tokens + tokens, self.steps + 1
+
+    def flush(self, flops) -> dict:
+        dt = time.perf_counter() - self.t0
+        step_s = dt / max(self.steps, 1)
+        out = {"step_time_s": step_s, "tokens_per_s": self.tokens / max(dt, 1e-9),
+               "model_tflops_per_step": flops.model / 1e12}  # all devices together
+        for key, count in (("mfu", flops.model), ("hfu", flops.executed)):  # accelerators only
+            value = perf.mfu(count, step_s, jax.device_count())
+            if value is not None:
+                out[key] = value
+        self.__init__()
+        return out
+
+
+def _open_checkpoints(spec: StageSpec, workdir: str, state, train_iter):
+    """(Checkpointer, data iterator it saves, state restored from the latest checkpoint if there is one)."""
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=spec.save_every, keep=spec.keep,
+                        best_metric=spec.best_metric, async_save=spec.async_checkpoints)
+    ckpt.watch_sigterm()
+    data_iter = train_iter if hasattr(train_iter, "get_state") else None
+    if ckpt.latest_step() is not None:
+        state, _ = ckpt.restore(abstract_like(state), data_iter=data_iter)
+        log.info("resumed stage %s at step %d from %s", spec.name, int(state.step), ckpt.directory)
+    return ckpt, data_iter, state
+
+
+def _stop(ckpt: Checkpointer, step: int, state, data_iter, spec: StageSpec, why: str) -> None:
+    """Saves `state` as `step` now, whatever save_every says, and waits for it to be committed."""
+    ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name, "stopped": why}, force=True)
+    ckpt.wait()
+
+
+def run_stage(model: nnx.Module, task: Task, spec: StageSpec, *, train_iter: Iterator[dict], mesh,
+              workdir: str | os.PathLike, seed: int = 0, evaluate: Optional[Callable[[nnx.Module], dict]] = None,
+              progress: bool = True, stop_after: Optional[int] = None) -> StageResult:
     """Train `model` for `spec.steps` steps of `spec`; resumes from `workdir/checkpoints` if present.
 
     `train_iter` yields per-host numpy micro-batches of the VLM batch contract (`spec.grad_accum_steps` of them
-    make one optimizer step) and, when it is a Grain iterator, its
-    position is checkpointed with the state. `evaluate(model) -> {"val_loss": ...}` runs every `eval_every`
-    steps and at the end; its metrics feed best-checkpoint selection. `stop_after` ends the run early (tests).
+    make one optimizer step) and, when it is a Grain iterator, its position is checkpointed with the state.
+    `evaluate(model) -> {"val_loss": ...}` runs every `eval_every` steps and at the end; its metrics feed
+    best-checkpoint selection. `stop_after` ends the run early (tests). Each step: train -> maybe log -> maybe
+    evaluate -> maybe save -> stop on every host if any host was preempted.
     """
     workdir = os.fspath(workdir)
     groups = spec.param_groups()
     graphdef, state, tx, group_of, schedule = prepare_state(model, spec, mesh, seed=seed)
-    params = state.params
-    state_sh = jax.tree.map(lambda x: x.sharding, state)
-
-    ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"), save_every=spec.save_every, keep=spec.keep,
-        best_metric=spec.best_metric, async_save=spec.async_checkpoints,
-    )
-    ckpt.watch_sigterm()
-    data_iter = train_iter if hasattr(train_iter, "get_state") else None
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(abstract_like(state), data_iter=data_iter)
-        log.info("resumed stage %s at step %d from %s", spec.name, int(state.step), ckpt.directory)
-    start = int(state.step)
-
-    writer = MetricWriter(workdir, stage=spec.name)
-    stepper = Stepper(graphdef, task, tx, mesh, state_sh, spec.grad_accum_steps)
-    n_params = sum(x.size for x in jax.tree.leaves(params))
-    log.info("stage %s: %d trainable parameters in groups %s", spec.name, n_params, sorted(set(jax.tree.leaves(group_of))))
-    bar = tqdm(total=spec.steps, initial=start, desc=spec.name, disable=not progress or jax.process_index() != 0,
-               dynamic_ncols=True)
-    last_metrics: dict = {}
-    window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
-    step = start
+    stepper = Stepper(graphdef, task, tx, mesh, jax.tree.map(lambda x: x.sharding, state), spec.grad_accum_steps)
+    log.info("stage %s: %d trainable parameters in groups %s", spec.name,
+             sum(x.size for x in jax.tree.leaves(state.params)), sorted(set(jax.tree.leaves(group_of))))
+    ckpt, data_iter, state = _open_checkpoints(spec, workdir, state, train_iter)
+    step = int(state.step)
     end = spec.steps if stop_after is None else min(spec.steps, stop_after)
+    lr_scale = groups[0].lr_scale if groups else 1.0
+    writer, meter, last_metrics = MetricWriter(workdir, stage=spec.name), _Throughput(), {}
+    bar = tqdm(total=spec.steps, initial=step, desc=spec.name, disable=not progress or jax.process_index() != 0,
+               dynamic_ncols=True)
     try:
         while step < end:
             state, metrics, flops = stepper(state, train_iter)  # grad_accum_steps loader batches, one update
-            window_steps += 1
             metrics = jax.device_get(metrics)
-            window_tokens += int(metrics.pop("batch_tokens", 0))
+            meter.add(int(metrics.pop("batch_tokens", 0)))
             if not int(metrics["finite"]):
-                ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name, "stopped": "non-finite"},
-                          force=True)
-                ckpt.wait()
+                _stop(ckpt, step, state, data_iter, spec, "non-finite")
                 raise TrainingDiverged(
                     f"stage {spec.name}: non-finite loss or gradient at step {step} (loss={metrics['loss']}, "
                     f"grad_norm={metrics['grad_norm']}); the update was rejected and the last good state is saved "
                     f"as step {step} in {ckpt.directory}. Lower the learning rate or check the data.")
             step += 1
             record = {k: float(v) for k, v in metrics.items() if k != "finite"}
-            record["lr"] = float(schedule()(step - 1) * (groups[0].lr_scale if groups else 1.0))
+            record["lr"] = float(schedule()(step - 1) * lr_scale)
             if step % spec.log_every == 0 or step == end:
-                dt = time.perf_counter() - window_t0
-                step_s = dt / max(window_steps, 1)
-                record.update(step_time_s=step_s, tokens_per_s=window_tokens / max(dt, 1e-9))
-                record["model_tflops_per_step"] = flops.model / 1e12  # all devices together
-                for key, count in (("mfu", flops.model), ("hfu", flops.executed)):  # accelerators only
-                    value = perf.mfu(count, step_s, jax.device_count())
-                    if value is not None:
-                        record[key] = value
-                window_t0, window_tokens, window_steps = time.perf_counter(), 0, 0
-            eval_now = evaluate is not None and (step == end or (spec.eval_every and step % spec.eval_every == 0))
-            if eval_now:
+                record.update(meter.flush(flops))
+            if evaluate is not None and (step == end or (spec.eval_every and step % spec.eval_every == 0)):
                 record.update(evaluate(nnx.merge(graphdef, state.params, state.frozen)))
             writer.write(step, record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             bar.update(1)
             last_metrics = record
-            ckpt_metrics = {k: v for k, v in record.items() if k.startswith("val_")} or None
-            ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name}, metrics=ckpt_metrics,
-                      force=(step == spec.steps))
+            ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name}, force=(step == spec.steps),
+                      metrics={k: v for k, v in record.items() if k.startswith("val_")} or None)
             if any_process(ckpt.preempted(step)):  # a SIGTERM on one host stops every host at this step
-                ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name, "stopped": "preempted"},
-                          force=True)
-                ckpt.wait()
+                _stop(ckpt, step, state, data_iter, spec, "preempted")
                 log.warning("stage %s: preempted; checkpointed step %d, exiting", spec.name, step)
                 raise SystemExit(143)
     finally:
         bar.close()
         writer.close()
         ckpt.close()
-    model = nnx.merge(graphdef, state.params, state.frozen)
-    return StageResult(model=model, state=state, last_step=step, metrics=last_metrics)
+    return StageResult(model=nnx.merge(graphdef, state.params, state.frozen), state=state, last_step=step,
+                       metrics=last_metrics)

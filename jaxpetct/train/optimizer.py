@@ -25,30 +25,6 @@ class ParamGroup:
     weight_decay: bool = True  # decay is still skipped for vectors (norm scales, biases)
 
 
-# The paper's stages. Paths are attribute paths of the VLM (encoder/..., projector/..., decoder/...) or of the
-# CLIP model for encoder pre-training.
-STAGE_GROUPS: dict[str, tuple[ParamGroup, ...]] = {
-    # VolumeTextCLIP: vision/..., text/..., latent heads and the loss temperature; LesionMapper: vision/, head/
-    "encoder_pretrain": (
-        ParamGroup("vision", r"^vision/"),
-        ParamGroup("text", r"^text/"),
-        ParamGroup("heads", r"^(to_vision_latent|to_text_latent|log_scale|logit_bias|head)(/|$)", weight_decay=False),
-    ),
-    # Stand-in for the pretrained LLM a real run loads (model.decoder.hf_dir): the tiny default's random decoder
-    # first learns the report language on its own (text-only task: the volumes are blanked), all weights trained.
-    "lm_pretrain": (ParamGroup("decoder", r"^decoder/"),),
-    "align": (ParamGroup("projector", r"^projector/"),),
-    "lora": (
-        ParamGroup("lora", r"/lora_(a|b)(/|$)"),
-        ParamGroup("projector", r"^projector/"),
-    ),
-    "full": (
-        ParamGroup("projector", r"^projector/"),
-        ParamGroup("decoder", r"^decoder/"),
-    ),
-}
-
-
 def path_str(path: Sequence[Any]) -> str:
     parts = []
     for p in path:

@@ -57,7 +57,8 @@ from jaxpetct.studies.synthetic import write_cohort
 from jaxpetct.text.prompts import encode_conversation, report_messages
 from jaxpetct.train.loop import (StageSpec, batch_sharding, model_arrays, prepare_state, split_trainable,
                                  to_global)
-from jaxpetct.train.optimizer import STAGE_GROUPS, Schedule, make_optimizer, path_str
+from jaxpetct.train.optimizer import Schedule, make_optimizer, path_str
+from jaxpetct.train.stages import STAGES
 from jaxpetct.train.step import init_state, make_train_step
 from jaxpetct.train.tasks import vlm_answer_loss
 
@@ -175,9 +176,9 @@ def _one_step(holder: list, spec: StageSpec, batch: dict, mesh, log):
 
 
 def _compiled_stage_memory(model, name: str, spec: StageSpec, batch: dict, mesh) -> dict:
-    """The paper's own stage (its STAGE_GROUPS: the whole projector trains) compiled at these shapes, never run:
+    """The paper's own stage (its registered groups: the whole projector trains) compiled at these shapes, never run:
     the state is abstract (prepare_state's construction under eval_shape), so nothing is allocated."""
-    groups = STAGE_GROUPS[name]
+    groups = STAGES[name].groups
     graphdef, params, frozen, group_of = split_trainable(model, groups)
     schedule = Schedule(spec.peak_lr, spec.steps, spec.warmup_fraction, spec.final_lr_fraction)
     tx = make_optimizer(params, group_of, groups, schedule, weight_decay=spec.weight_decay, clip_norm=spec.clip_norm)
@@ -244,7 +245,7 @@ def test_paper_shapes_train_align_and_lora_steps_and_generate(paper_records):
 
     # align: one step; only the projector's bias may move (module docstring: the kernel's AdamW state is ~16 GB).
     bias_only = lambda name: tuple(  # noqa: E731
-        dataclasses.replace(g, pattern=BIAS) if g.name == "projector" else g for g in STAGE_GROUPS[name])
+        dataclasses.replace(g, pattern=BIAS) if g.name == "projector" else g for g in STAGES[name].groups)
     holder = [model]
     del model
     model, metrics, before, after, trainable = _one_step(

@@ -4,6 +4,7 @@ import jax
 import pytest
 from flax import nnx
 
+from jaxpetct.errors import ConfigError
 from jaxpetct.jobs import data as data_jobs
 from jaxpetct.jobs import training
 from jaxpetct.parallel.mesh import make_mesh
@@ -140,11 +141,14 @@ def test_encoder_lr_scale_also_trains_ct_vit_in_a_vlm_stage(built, tmp_path):
     _, make_cfg = built
     cfg = make_cfg(tmp_path)
     cfg.order = ("align",)
-    assert training.stage_spec(cfg, "align", 8).groups is None  # the paper's projector-only stage
+    assert [g.name for g in training.stage_spec(cfg, "align", 8).groups] == ["projector"]  # the paper's align
     cfg.stages.align.encoder_lr_scale = 0.5
     groups = {g.name: g for g in training.stage_spec(cfg, "align", 8).param_groups()}
     assert set(groups) == {"projector", "encoder"} and groups["encoder"].lr_scale == 0.5
-    assert training.stage_spec(cfg, "lm_pretrain", 8).groups is None  # text-only stage: never the encoder
+    cfg.stages.lm_pretrain.encoder_lr_scale = 0.5  # a text-only stage cannot train the encoder: refused
+    with pytest.raises(ConfigError, match="cannot train CT-ViT"):
+        training.stage_spec(cfg, "lm_pretrain", 8)
+    cfg.stages.lm_pretrain.encoder_lr_scale = 0.0
 
     mesh = one_device()
     start = flat(training.build_stage_model(cfg, "align", mesh=mesh))
