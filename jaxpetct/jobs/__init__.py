@@ -16,7 +16,7 @@ import jax
 
 from jaxpetct.atomic import write_text
 from jaxpetct.errors import ConfigError, UserError  # noqa: F401 (ConfigError: public here too)
-from jaxpetct.jobs.data import build, ensure_data, synth
+from jaxpetct.jobs.data import build, require_data, synth
 from jaxpetct.jobs.evaluation import evaluate, export
 from jaxpetct.jobs.training import train
 from jaxpetct.parallel.multihost import PrimaryFailed, on_primary
@@ -67,8 +67,8 @@ def run(mode: str, cfg, workdir: str, *, progress: bool = True, stages: Optional
     summary: dict = {}
     steps = ("synth", "build", "train", "eval", "export") if mode == "all" else (mode,)
     mesh = make_run_mesh(cfg) if any(s in ("train", "eval", "export") for s in steps) else None
-    if mode in ("train", "eval"):  # the datasets these read: built here when missing (process 0 builds)
-        ensure_data(cfg, workdir, progress=progress)
+    if mode in ("train", "eval"):  # only --mode build (or all) builds: these open what exists, or say what to run
+        require_data(cfg, workdir)
     for step in steps:
         t0 = time.perf_counter()
         if step == "synth":

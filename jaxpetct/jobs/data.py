@@ -166,22 +166,11 @@ def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: 
                                  **{**common, "augment": AugmentConfig(), "text": dataclasses.replace(text, instruction_variants=False, paraphrase_prob=0.0)})
 
 
-def ensure_data(cfg, workdir: str, *, progress: bool = True) -> dict:
-    """The cohort and every dataset the run reads exist once this returns, on every process.
-
-    Process 0 synthesises and builds (reusing what is already there); the others wait, then read the same
-    directories, so `data_dir` and the workdir must be storage every host sees. Returns
-    {"synth": ..., "build": {config: {dir, examples, quarantined}}} on every process.
-    """
-    from jaxpetct.parallel.multihost import on_primary
-
-    def make():
-        synth(cfg, workdir)
-        built = build(cfg, workdir, progress=progress)
-        return {name: {"dir": b.dataset_dir, "examples": b.examples, "quarantined": len(b.quarantined)}
-                for name, b in built.items()}
-
-    return on_primary(make, "building the datasets")
+def require_data(cfg, workdir: str) -> None:
+    """Every dataset the run reads is built (FileNotFoundError naming the first missing one and the command that
+    builds it otherwise): training and evaluation never build as a side effect."""
+    for name in dataset_names(cfg):
+        dataset_path(cfg, workdir, name)
 
 
 def dataset_path(cfg, workdir: str, name: str) -> str:
@@ -193,12 +182,13 @@ def dataset_path(cfg, workdir: str, name: str) -> str:
         return pipeline.dataset_dir(data_dir(cfg, workdir), built_name)
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"dataset vimed_pet/{built_name} is not built under {data_dir(cfg, workdir)}: run --mode build first "
-            "(in a multi-host job data.data_dir must be storage every host reads)") from None
+            f"dataset vimed_pet/{built_name} is not built under {data_dir(cfg, workdir)}: run `python launch.py "
+            "--mode build` with the same config first, or --mode all (in a multi-host job data.data_dir must be "
+            "storage every host reads)") from None
 
 
 def source(cfg, workdir: str, name: str, split: str):
-    """A random-access source over one split of a built dataset (never builds: see `ensure_data`)."""
+    """A random-access source over one split of a built dataset (never builds: `--mode build` does)."""
     return pipeline.open_source(dataset_path(cfg, workdir, name), split)
 
 

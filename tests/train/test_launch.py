@@ -96,3 +96,11 @@ def test_user_errors_are_one_line_and_exit_2(subprocess_env, tmp_path, args, nam
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], lines
     assert "Traceback" not in done.stderr
+
+
+def test_train_does_not_build_it_says_how(subprocess_env, tmp_path):
+    """Only --mode build / all write datasets; train on a fresh workdir names the missing dataset and the command."""
+    done = launch([f"--workdir={tmp_path}", "--mode=train", "--config.data.synthetic.n=4"], subprocess_env, timeout=300)
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith(("I1", "W1"))]
+    assert done.returncode == 2 and len(lines) == 1 and "--mode build" in lines[0], lines
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "cohort").exists()
