@@ -104,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     # The paper's VLM stages (align: projector only, lr 2e-3; lora: LoRA + projector, lr 2e-5), at demo length,
-    # after two stand-ins for the pretrained weights a real run loads (README, "Does the model see lesions?"):
+    # after two stand-ins for the pretrained weights a real run loads (docs/results.md, "Does the model see lesions?"):
     # - encoder_pretrain with objective "lesion_map": CT-ViT learns where lesions are from the synthetic cohort's
     #   lesion centres (the paper's CT-ViT comes CLIP-pretrained; a CLIP or report-only tiny encoder sees nothing);
     # - full (projector + all decoder weights, from a random decoder): the stand-in for LLaVA-Med, a decoder that

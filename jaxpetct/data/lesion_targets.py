@@ -2,7 +2,7 @@
 
 The paper's CT-ViT arrives pre-trained (CT-CLIP on CT-RATE, then CLIP on ViMed-PET). Where no such weights exist
 (the CPU demo, a new modality) a small encoder trained on reports alone does not learn to see focal lesions:
-the report says *that* a lesion exists, not *where* (README, "Does the model see lesions?"). Lesion centres
+the report says *that* a lesion exists, not *where* (docs/results.md, "Does the model see lesions?"). Lesion centres
 -- the synthetic cohort's ground truth, or a hospital's annotations -- say where, and per-token supervision
 from them gives an encoder whose features mark lesions, the way `lm_pretrain` stands in for a pretrained LLM.
 

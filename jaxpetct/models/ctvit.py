@@ -62,7 +62,7 @@ class CTViTConfig(Precision):
     position_bias_layers: int = 2
     # CT-CLIP LayerNorms each raw patch before embedding it. That normalises away the amplitude of a few hot PET
     # voxels in a patch of cool ones (a focal lesion); a random or briefly trained encoder then cannot see lesions
-    # (README, "Does the model see lesions?"). Keep it for CT-CLIP weights; the tiny default turns it off.
+    # (docs/results.md, "Does the model see lesions?"). Keep it for CT-CLIP weights; the tiny default turns it off.
     patch_input_norm: bool = True
     # Append one feature per token: a linear lesion-centre logit, trained by encoder_pretrain's lesion_map objective
     # (models/lesion_map.py) and handed to the VLM with the rest of CT-ViT. The projector then sees a detector's
