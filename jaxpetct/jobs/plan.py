@@ -168,7 +168,7 @@ def plan_stage(cfg, name: str, mesh, target: dict, *, processes: int) -> dict:
     if rows % accum:
         raise ConfigError(f"stage {name}: per-host batch {rows} is not divisible by grad_accum_steps={accum}")
     length = text_length(cfg)
-    encoder = model.encoder.cfg if hasattr(model, "encoder") else model.vision.cfg
+    encoder = model.encoder.cfg
     schema = abstract.host_batch_schema(encoder, data_task, rows // accum, length)  # one loader batch
     batch, _ = abstract.abstract_global_batch(schema, mesh, processes)
     mems, flops, compile_s = _compile_step(Stepper(st.graphdef, task_fn, st.tx, mesh, st.shardings, accum),

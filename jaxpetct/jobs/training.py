@@ -52,7 +52,7 @@ def vlm_stages(cfg) -> list[str]:
 
 
 def model_io(model) -> data_jobs.ModelIO:
-    enc = model.encoder.cfg if hasattr(model, "encoder") else model.vision.cfg
+    enc = model.encoder.cfg  # CT-ViT is `encoder` in every stage's model
     return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]), tuple(enc.grid))
 
 
@@ -74,7 +74,8 @@ def load_previous(model, cfg, workdir: str, name: str) -> Optional[dict]:
     prev = init_from(cfg, name)
     if prev is None:
         return None
-    if not kind_of(cfg, prev).vlm and kind_of(cfg, name).vlm:  # a pre-trained CT-ViT (stored as vision/)
+    if not kind_of(cfg, prev).vlm and kind_of(cfg, name).vlm:  # a pre-trained CT-ViT: only encoder/ carries over
+        # (vision/: its name in runs saved before CT-ViT had one name everywhere)
         return load_weights(model, weights_dir(workdir, prev), prefix_map={"vision/": "encoder/"}, require="encoder/")
     return load_weights(model, weights_dir(workdir, prev), require="decoder/")
 

@@ -65,7 +65,7 @@ def siglip_loss(image_emb: Array, text_emb: Array, log_scale: Array, bias: Array
 class VolumeTextCLIP(nnx.Module):
     """CT-ViT + RoBERTa towers with latent heads and the loss's learnable temperature (and SigLIP bias)."""
 
-    def __init__(self, vision: CTViT, text: RobertaEncoder, *, latent_dim: int = 512, vision_pool: str = "ctclip",
+    def __init__(self, encoder: CTViT, text: RobertaEncoder, *, latent_dim: int = 512, vision_pool: str = "ctclip",
                  text_pool: str = "cls", loss: str = "clip", init_log_scale: float | None = None, rngs: nnx.Rngs):
         if vision_pool not in ("ctclip", "mean"):
             raise ValueError(f"vision_pool must be 'ctclip' or 'mean', got {vision_pool!r}")
@@ -73,10 +73,10 @@ class VolumeTextCLIP(nnx.Module):
             raise ValueError(f"text_pool must be 'cls' or 'mean', got {text_pool!r}")
         if loss not in ("clip", "siglip"):
             raise ValueError(f"loss must be 'clip' or 'siglip', got {loss!r}")
-        self.vision, self.text = vision, text
+        self.encoder, self.text = encoder, text  # CT-ViT named as in the VLM: the next stage loads it as is
         self.vision_pool, self.text_pool, self.loss_kind = vision_pool, text_pool, loss
-        _, h, w = vision.cfg.grid
-        vision_features = h * w * vision.cfg.out_dim if vision_pool == "ctclip" else vision.cfg.out_dim
+        _, h, w = encoder.cfg.grid
+        vision_features = h * w * encoder.cfg.out_dim if vision_pool == "ctclip" else encoder.cfg.out_dim
         linear = dict(use_bias=False, rngs=rngs)
         self.to_vision_latent = nnx.Linear(vision_features, latent_dim, kernel_metadata=param_axes("vis_proj", None),
                                            **linear)
@@ -88,7 +88,7 @@ class VolumeTextCLIP(nnx.Module):
         self.logit_bias = nnx.Param(jnp.asarray(-10.0, jnp.float32), **param_axes()) if loss == "siglip" else None
 
     def encode_volume(self, images: Array) -> Array:
-        tokens = self.vision(images)  # (B, T, h, w, d)
+        tokens = self.encoder(images)  # (B, T, h, w, d)
         if self.vision_pool == "ctclip":
             pooled = tokens.astype(jnp.float32).mean(axis=1).reshape(tokens.shape[0], -1)
         else:

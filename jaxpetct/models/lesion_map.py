@@ -2,9 +2,9 @@
 
 The alternative to the paper's CLIP stage where lesion centres are known (jaxpetct/data/lesion_targets.py says why):
 each of the T x h x w tokens predicts whether a lesion centre lies in it. Positives are rare (a few tokens of
-512), so they weigh `pos_weight` times a negative. The CT-ViT is stored under ``vision/`` as in the CLIP model,
-so the VLM stages load it the same way (``vision/`` -> ``encoder/``), with its lesion head when the encoder has a
-lesion channel (CTViTConfig.lesion_channel).
+512), so they weigh `pos_weight` times a negative. The CT-ViT is ``encoder/`` here as in the CLIP model and the
+VLM, so the VLM stages load it path for path, with its lesion head when the encoder has a lesion channel
+(CTViTConfig.lesion_channel).
 """
 from __future__ import annotations
 
@@ -30,14 +30,14 @@ class LesionMapper(nnx.Module):
     """With ``lesion_channel`` the logit is CT-ViT's own last output feature (its head goes to the VLM with it);
     otherwise a separate head here, dropped after this stage."""
 
-    def __init__(self, vision: CTViT, *, pos_weight: float = 21.0, rngs: nnx.Rngs):
-        self.vision = vision
-        self.head = None if vision.cfg.lesion_channel else nnx.Linear(vision.cfg.dim, 1, rngs=rngs)
+    def __init__(self, encoder: CTViT, *, pos_weight: float = 21.0, rngs: nnx.Rngs):
+        self.encoder = encoder  # named as in the VLM, so the next stage loads it path for path
+        self.head = None if encoder.cfg.lesion_channel else nnx.Linear(encoder.cfg.dim, 1, rngs=rngs)
         self.pos_weight = float(pos_weight)
 
     def __call__(self, images: Array) -> Array:
         """Lesion-centre logits (B, T, h, w) of volumes (B, C, D, H, W)."""
-        tokens = self.vision(images)
+        tokens = self.encoder(images)
         logits = tokens[..., -1] if self.head is None else self.head(tokens)[..., 0]
         return logits.astype(jnp.float32)
 

@@ -98,10 +98,10 @@ def _lesion_mapper(cfg, name: str, mesh, with_lora: bool) -> nnx.Module:
                                pos_weight=float(cfg.stages[name].get("pos_weight", 21.0)))
 
 
-# CT-ViT pre-training. VolumeTextCLIP: vision/..., text/..., latent heads and the loss temperature; LesionMapper:
-# vision/, head/. "objective" picks the paper's CLIP against report text or per-token lesion-centre maps.
+# CT-ViT pre-training. VolumeTextCLIP: encoder/..., text/..., latent heads and the loss temperature;
+# LesionMapper: encoder/, head/. "objective" picks the paper's CLIP against report text or per-token lesion-centre maps.
 _ENCODER_GROUPS = (
-    ParamGroup("vision", r"^vision/"),
+    ParamGroup("encoder", r"^encoder/"),
     ParamGroup("text", r"^text/"),
     ParamGroup("heads", r"^(to_vision_latent|to_text_latent|log_scale|logit_bias|head)(/|$)", weight_decay=False),
 )

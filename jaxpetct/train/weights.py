@@ -2,7 +2,7 @@
 
 A stage's checkpoints hold its *train state* (trainable/frozen split, optimizer moments), whose structure is the
 stage's own. The next stage needs only the weights, possibly into a different model: LoRA adapters appear in the
-`lora` stage, and the CLIP model's `vision/` tower becomes the VLM's `encoder/`. So every stage also writes its
+`lora` stage, and only the CLIP model's `encoder/` (CT-ViT) goes on to the VLM. So every stage also writes its
 final weights as a plain {path: array} tree, and loading maps paths by prefix and fills what it finds, leaving the
 rest (e.g. fresh LoRA adapters) as initialised — and says which is which.
 """

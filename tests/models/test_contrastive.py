@@ -79,7 +79,7 @@ def test_volume_text_clip_trains(loss, vision_pool, text_pool):
         return value, grads
 
     first, grads = step(model, optimizer)
-    for part in (grads.vision, grads.text, grads.to_vision_latent, grads.to_text_latent):
+    for part in (grads.encoder, grads.text, grads.to_vision_latent, grads.to_text_latent):
         assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(part)) > 0
     assert float(jnp.abs(grads.log_scale[...])) > 0
     for _ in range(15):

@@ -186,7 +186,7 @@ def test_lesion_map_encoder_pretraining_hands_ct_vit_to_the_vlm(built, tmp_path)
     assert out["encoder_pretrain"]["steps"] == 12
     after = trained(cfg, tmp_path, "encoder_pretrain")
     moved = changed(start, after)
-    assert any(k.startswith("vision/") for k in moved) and any(k.startswith("vision/lesion_head/") for k in moved)
+    assert any(k.startswith("encoder/") for k in moved) and any(k.startswith("encoder/lesion_head/") for k in moved)
     assert not any(k.startswith("head/") for k in after)
     losses = [m["loss"] for m in read_metrics(str(tmp_path / "encoder_pretrain" / "metrics.jsonl")) if "loss" in m]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
@@ -194,7 +194,7 @@ def test_lesion_map_encoder_pretraining_hands_ct_vit_to_the_vlm(built, tmp_path)
     vlm = training.build_stage_model(cfg, "align", mesh=mesh)
     training.load_previous(vlm, cfg, str(tmp_path), "align")
     enc = {k[len("encoder/"):]: v for k, v in flat(vlm).items() if k.startswith("encoder/")}
-    vision = {k[len("vision/"):]: v for k, v in after.items() if k.startswith("vision/")}
+    vision = {k[len("encoder/"):]: v for k, v in after.items() if k.startswith("encoder/")}
     assert enc.keys() == vision.keys() and all(np.array_equal(enc[k], vision[k]) for k in enc)
     assert "lesion_head/kernel" in enc and vlm.projector.cfg.vision_dim == vlm.encoder.cfg.dim + 1
 
