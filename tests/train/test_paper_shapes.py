@@ -11,7 +11,7 @@ projector without pooling (294,912 x 4,096 = 1.21 B parameters) and a decoder of
 dropout 0.05 on every linear.
 
 What differs from `paper_config("mistral_7b")`, and why (a 24 GB, 2-core CI machine shared with another pytest
-worker; the test keeps its own growth of the RSS under 9 GB; it measures and prints it, about 8.7 GB):
+worker; the test keeps its own growth of the RSS under 9.5 GB; it measures and prints it, about 8.7 GB):
   * the decoder has 2 layers, not 32 (a 7B decoder alone is 14 GB in bf16); every shape of a layer is Mistral-7B's;
   * projector and decoder weights are stored in bf16 (the config: float32 master weights), so AdamW's moments are
     bf16 too (optax keeps them in the parameters' dtype);
@@ -63,7 +63,7 @@ from jaxpetct.train.step import init_state, make_train_step
 from jaxpetct.train.tasks import vlm_answer_loss
 
 PAPER_STUDIES = 2  # index 0 falls in a train month, index 1 in a validation month (seed 0)
-GROWTH_GB = 9.0  # peak RSS above the RSS at the test's start (locally ~8.7 GB: 0.9 -> 9.6)
+GROWTH_GB = 9.5  # peak RSS above the RSS at the test's start (locally ~8.7 GB: 0.9 -> 9.6; margin for CI)
 GENERATED = 8
 BIAS = r"^projector/fc1/bias(/|$)"  # group patterns also see ".../value" (train.loop.split_trainable)
 
