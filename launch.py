@@ -64,6 +64,7 @@ def main(argv):
         return 2
     workdir = os.path.abspath(_WORKDIR.value)
     try:
+        cfg = jobs.resolve_config(cfg)
         if _MODE.value == "plan":
             from jaxpetct.jobs import plan
 

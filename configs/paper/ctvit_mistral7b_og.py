@@ -3,7 +3,7 @@
     JAXPETCT_SALT=... python launch.py --config configs/paper/ctvit_mistral7b_og.py --workdir runs/ctvit_mistral7b_og \
         --config.data.manual_dir=/data/ViMed-PET --config.model.decoder.hf_dir=/models/<pretrained LLM>
 """
-from jaxpetct.config import paper_config
+from jaxpetct.paper import paper_config
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ run in the same workdir with order ("encoder_pretrain", "align", "lora").
 """
 import ml_collections
 
-from jaxpetct.config import paper_config, stage
+from jaxpetct.paper import paper_config, stage
 
 
 def get_config(arg=None):
@@ -20,6 +20,6 @@ def get_config(arg=None):
     c.data.batch_size = 8
     c.model.encoder.dtype = "float32"
     c.model.text_encoder = ml_collections.ConfigDict(dict(preset="phobert", hf_dir=""))
-    c.model.clip = ml_collections.ConfigDict(dict(latent_dim=512, loss="clip"))
+    c.model.clip.latent_dim = 512  # CT-CLIP's
     c.stages.encoder_pretrain = stage(100_000, peak_lr=1.25e-6, save_every=2000, log_every=50, best_metric="")
     return c

@@ -6,7 +6,7 @@ Qwen2.5 brings its own tokenizer: point data.tokenizer at the model folder (toke
         --config.data.manual_dir=/data/ViMed-PET --config.model.decoder.hf_dir=/models/Qwen2.5-0.5B-Instruct \\
         --config.data.tokenizer=/models/Qwen2.5-0.5B-Instruct
 """
-from jaxpetct.config import paper_config
+from jaxpetct.paper import paper_config
 
 
 def get_config(arg=None):

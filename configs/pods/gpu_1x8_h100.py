@@ -3,7 +3,7 @@
     JAXPETCT_SALT=... python launch.py --config configs/pods/gpu_1x8_h100.py --workdir runs/h100x8 \\
         --config.data.manual_dir=/data/vimed --config.model.decoder.hf_dir=/models/llava-med-v1.5-mistral-7b
 """
-from jaxpetct.config import paper_config
+from jaxpetct.paper import paper_config
 
 
 def get_config(arg=None):

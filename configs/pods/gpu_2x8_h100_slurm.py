@@ -5,7 +5,7 @@ NVLink domain, data parallel across nodes). One process per node; SLURM's variab
         python launch.py --config configs/pods/gpu_2x8_h100_slurm.py --workdir /shared/runs/h100 \\
         --config.data.manual_dir=/shared/vimed --config.model.decoder.hf_dir=/shared/models/llava-med-mistral-7b"
 """
-from jaxpetct.config import paper_config
+from jaxpetct.paper import paper_config
 
 
 def get_config(arg=None):

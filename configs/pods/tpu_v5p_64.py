@@ -10,7 +10,7 @@ shared files, the others read them.
         --config.data.manual_dir=/mnt/shared/ViMed-PET --config.data.data_dir=/mnt/shared/tfds \\
         --config.model.decoder.hf_dir=/mnt/shared/models/llava-med-v1.5-mistral-7b"
 """
-from jaxpetct.config import paper_config
+from jaxpetct.paper import paper_config
 
 
 def get_config(arg=None):

@@ -29,6 +29,18 @@ MODES = ("synth", "build", "train", "eval", "export", "all")
 USER_ERRORS = (UserError, FileNotFoundError, PrimaryFailed)
 
 
+def resolve_config(cfg):
+    """The config every mode runs: checked against its typed sections (jaxpetct/config.py) and the model factory
+    (an unknown key or a wrongly typed value is a one-line ConfigError), with every setting a section leaves out
+    filled from its one default."""
+    from jaxpetct.config import to_configdict, typed
+    from jaxpetct.models.factory import check
+
+    resolved = to_configdict(typed(cfg))
+    check(resolved.model)
+    return resolved
+
+
 def make_run_mesh(cfg):
     from jaxpetct.parallel.mesh import make_mesh
 

@@ -125,7 +125,7 @@ class ModelIO:
 
 def lesion_table_path(cfg, workdir: str) -> str:
     """data.lesion_table, or a synthetic cohort's own ground truth (synthetic_truth.jsonl)."""
-    if cfg.data.get("lesion_table"):
+    if cfg.data.lesion_table:
         return os.path.abspath(cfg.data.lesion_table)
     if cfg.data.source == "synthetic":
         from jaxpetct.studies.synthetic import TRUTH

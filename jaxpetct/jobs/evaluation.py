@@ -61,7 +61,7 @@ def evaluate(cfg, workdir: str, *, mesh=None, progress: bool = True) -> dict:
         if val is not None:
             summary["val_loss"] = training.loss_over(model, val, mesh=mesh)
             summary["val_loss_blank_images"] = training.loss_over(model, val, mesh=mesh, blank=True)
-    if cfg.eval.get("lesion_probe", False):
+    if cfg.eval.lesion_probe:
         summary["lesion_probe"] = lesion_probe(cfg, workdir, model, mesh=mesh, progress=progress)
     if cfg.eval.viewer:
         summary["viewer"] = on_primary(lambda: write_viewer(cfg, workdir, out), "writing the viewer")

@@ -58,10 +58,10 @@ _WEIGHT_DIRS = (("model", "decoder", "hf_dir"), ("model", "text_encoder", "hf_di
 
 def plan_devices(cfg) -> int:
     """`plan.devices`, or the product of the mesh sizes when every axis is fixed (the real job's device count)."""
-    n = int(cfg.plan.get("devices", 0) or 0)
+    n = cfg.plan.devices
     if n > 0:
         return n
-    sizes = [int(cfg.mesh.get(a, 1)) for a in AXES]
+    sizes = [int(cfg.mesh[a]) for a in AXES]
     if any(s < 1 for s in sizes):
         raise ConfigError(f"mesh {dict(zip(AXES, sizes))} has a -1 axis: set --config.plan.devices to the device "
                           "count of the run being planned")
@@ -91,7 +91,7 @@ def target_spec(cfg) -> dict:
     except KeyError:
         raise ConfigError(f"plan.target={cfg.plan.target!r} is not a known device; use one of "
                           f"{sorted(perf.DEVICE_SPECS)}") from None
-    memory = float(cfg.plan.get("target_memory_gb", 0.0) or 0.0)
+    memory = float(cfg.plan.target_memory_gb)
     margin = float(cfg.plan.margin)
     if not 0.0 <= margin < 1.0:
         raise ConfigError(f"plan.margin={margin} must be in [0, 1)")
@@ -287,7 +287,7 @@ def plan_generate(cfg, mesh, target: dict) -> dict:
 def plan(cfg, workdir: str, *, stages: Optional[list[str]] = None) -> dict:
     """Plan every stage of `order` (or `stages`) and the generation program; writes <workdir>/plan.json."""
     target = target_spec(cfg)
-    processes = int(cfg.plan.get("processes", 1) or 1)
+    processes = cfg.plan.processes
     n = plan_devices(cfg)
     if len(jax.devices()) < n:
         raise ConfigError(f"plan needs {n} devices, JAX has {len(jax.devices())} (call use_virtual_devices first)")
@@ -300,7 +300,7 @@ def plan(cfg, workdir: str, *, stages: Optional[list[str]] = None) -> dict:
            "mesh": dict(zip(mesh.axis_names, (int(s) for s in mesh.axis_sizes))), "stages": {}}
     for name in names:
         out["stages"][name] = plan_stage(cfg, name, mesh, target, processes=processes)
-    out["generate"] = plan_generate(cfg, mesh, target) if training.vlm_stages(cfg) and cfg.plan.get("generate", True) else None
+    out["generate"] = plan_generate(cfg, mesh, target) if training.vlm_stages(cfg) and cfg.plan.generate else None
     os.makedirs(workdir, exist_ok=True)
     write_text(os.path.join(workdir, "plan.json"), json.dumps(out, indent=1))
     return out

@@ -45,7 +45,7 @@ def _split_features(cfg, workdir: str, model, split: str, encode, progress: bool
     channels = tuple(cfg.data.image.channels)
     pet_channel = channels.index("pet") if "pet" in channels else None
     src = data_jobs.source(cfg, workdir, "regions", split)
-    limit = min(len(src), int(cfg.eval.get("probe_max_examples", 0)) or len(src))
+    limit = min(len(src), int(cfg.eval.probe_max_examples) or len(src))
     batch = max(1, int(cfg.eval.batch_size))
     feats = {"encoder": []}
     if pet_channel is not None:

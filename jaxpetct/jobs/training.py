@@ -6,6 +6,7 @@ unfinished stage the checkpoint restores state, RNG and data position exactly.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -18,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jaxpetct.atomic import write_text
+from jaxpetct.config import stage_settings
 from jaxpetct.data.batching import EMPTY_ROW_VALUES, TOKEN_FIELDS
 from jaxpetct.jobs import data as data_jobs
 from jaxpetct.models.factory import build_vlm
@@ -62,9 +64,9 @@ def build_stage_model(cfg, name: str, *, mesh=None):
 
 
 def init_from(cfg, name: str) -> Optional[str]:
-    scfg = cfg.stages[name]
-    if scfg.init_from:
-        return scfg.init_from
+    settings = stage_settings(cfg, name)
+    if settings.init_from:
+        return settings.init_from
     order = list(cfg.order)
     i = order.index(name)
     return order[i - 1] if i > 0 else None
@@ -82,12 +84,12 @@ def load_previous(model, cfg, workdir: str, name: str) -> Optional[dict]:
 
 def stage_batch_size(cfg, name: str) -> int:
     """The optimizer step's batch on one host (x hosts = the global batch)."""
-    return int(cfg.stages[name].get("batch_size", 0) or cfg.data.batch_size)
+    return stage_settings(cfg, name).batch_size or int(cfg.data.batch_size)
 
 
 def loader_batch_size(cfg, name: str) -> int:
     """Rows per loader batch on one host: the step's batch split into grad_accum_steps micro-batches."""
-    batch, accum = stage_batch_size(cfg, name), int(cfg.stages[name].grad_accum_steps)
+    batch, accum = stage_batch_size(cfg, name), stage_settings(cfg, name).grad_accum_steps
     if accum < 1 or batch % accum:
         raise data_jobs.ConfigError(f"stages.{name}: batch {batch} per host is not divisible by "
                                     f"grad_accum_steps={accum}")
@@ -95,19 +97,15 @@ def loader_batch_size(cfg, name: str) -> int:
 
 
 def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
-    s = cfg.stages[name]
-    steps = int(s.steps)
+    s = stage_settings(cfg, name)
+    steps = s.steps
     if s.epochs:
         global_batch = stage_batch_size(cfg, name) * jax.process_count()
-        steps = max(1, math.ceil(float(s.epochs) * n_train / global_batch))
+        steps = max(1, math.ceil(s.epochs * n_train / global_batch))
     if steps < 1:
         raise data_jobs.ConfigError(f"stages.{name}: give steps or epochs")
-    return StageSpec(name=name, steps=steps, groups=trainable_groups(cfg, name), peak_lr=float(s.peak_lr),
-                     warmup_fraction=float(s.warmup_fraction),
-                     final_lr_fraction=float(s.final_lr_fraction), weight_decay=float(s.weight_decay),
-                     clip_norm=float(s.clip_norm) if s.clip_norm else None, grad_accum_steps=int(s.grad_accum_steps),
-                     log_every=int(s.log_every), eval_every=int(s.eval_every), save_every=int(s.save_every),
-                     keep=int(s.keep), best_metric=s.best_metric or None)
+    fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+    return StageSpec(name=name, **{**fields, "steps": steps}, groups=trainable_groups(cfg, name))
 
 
 def stage_task(cfg, name: str):

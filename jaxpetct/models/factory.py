@@ -2,14 +2,19 @@
 
 Configs are plain mappings (config-as-code files under configs/ produce ml_collections ConfigDicts); this module
 turns them into the frozen dataclass configs of each part and builds the modules, placing every parameter
-directly in its shard when a mesh is given (a 7B decoder is never materialised whole on one device).
+directly in its shard when a mesh is given (a 7B decoder is never materialised whole on one device). It adds no
+default of its own: a key the mapping leaves out takes the model's own default (an experiment config always gives
+every key: jaxpetct/config.py is the home of its defaults), and a key no model takes is a ConfigError.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 from flax import nnx
+
+from jaxpetct.errors import ConfigError
 
 from jaxpetct.models import decoder_config as decoder_configs
 from jaxpetct.models.contrastive import VolumeTextCLIP
@@ -40,9 +45,45 @@ def _plain(m: Optional[Mapping]) -> dict:
     return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in dict(m).items()}
 
 
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+# What each section of `model` may name: its model's config fields (+ preset / weights folder).
+_RUNTIME = ("dtype", "param_dtype", "remat", "remat_policy", "scan_layers", "attention_impl")
+SECTIONS = {
+    "encoder": lambda: {"preset"} | _fields(CTViTConfig),
+    "decoder": lambda: {"preset", "hf_dir"} | _fields(decoder_configs.DecoderConfig),
+    "text_encoder": lambda: {"preset", "hf_dir"} | _fields(RobertaConfig),
+    "projector": lambda: _fields(ProjectorConfig) - {"grid", "vision_dim", "d_model"},
+    "lora": lambda: _fields(LoRAConfig),
+    "clip": lambda: {"latent_dim", "vision_pool", "text_pool", "loss"},
+}
+_VLM_FLAGS = ("prefix_lm", "freeze_encoder", "loss_chunk")
+
+
+def section(model_cfg: Optional[Mapping], name: str) -> dict:
+    """`model.<name>` as a plain dict; a key its model does not take is a ConfigError naming it."""
+    cfg = _plain((model_cfg or {}).get(name))
+    allowed = SECTIONS[name]()
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ConfigError(f"model.{name}.{unknown[0]}: no such setting (settings: {', '.join(sorted(allowed))})")
+    return cfg
+
+
+def check(model_cfg: Mapping) -> None:
+    """Every key of a `model` section is one the factory reads (ConfigError otherwise)."""
+    unknown = sorted(set(_plain(model_cfg)) - set(SECTIONS) - set(_VLM_FLAGS))
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: no such setting")
+    for name in SECTIONS:
+        section(model_cfg, name)
+
+
 def encoder_config(cfg: Mapping) -> CTViTConfig:
     """`{"preset": "tiny"|"paper", "channels": 2, **overrides}` -> CTViTConfig."""
-    cfg = _plain(cfg)
+    cfg = section({"encoder": cfg}, "encoder")
     preset = cfg.pop("preset", "tiny")
     for k in ("dtype", "param_dtype"):
         if k in cfg:
@@ -56,15 +97,15 @@ def encoder_config(cfg: Mapping) -> CTViTConfig:
 
 def decoder_config(cfg: Mapping) -> decoder_configs.DecoderConfig:
     """`{"preset": "tiny"|"mistral_7b"|..., **overrides}`; `hf_dir` (weights) is handled by `build_decoder`."""
-    cfg = _plain(cfg)
+    cfg = section({"decoder": cfg}, "decoder")
     cfg.pop("hf_dir", None)
     preset = cfg.pop("preset", "tiny")
     return decoder_configs.preset(preset, **cfg)
 
 
 def lora_config(cfg: Optional[Mapping]) -> Optional[LoRAConfig]:
-    cfg = _plain(cfg)
-    if not cfg or int(cfg.get("rank", 0)) <= 0:
+    cfg = section({"lora": cfg}, "lora")
+    if "rank" not in cfg or int(cfg["rank"]) <= 0:  # no section, or rank 0: no adapters
         return None
     if "targets" in cfg:
         cfg["targets"] = tuple(cfg["targets"])
@@ -76,7 +117,7 @@ def build_decoder(cfg: Mapping, *, seed: int, mesh=None) -> Decoder:
     cfg = _plain(cfg)
     hf_dir = cfg.get("hf_dir")
     if hf_dir:
-        runtime = {k: cfg[k] for k in ("dtype", "param_dtype", "remat", "remat_policy", "scan_layers", "attention_impl") if k in cfg}
+        runtime = {k: cfg[k] for k in _RUNTIME if k in cfg}
         return load_decoder(hf_dir, mesh=mesh, **runtime)
     dcfg = decoder_config(cfg)
     make = lambda: Decoder(dcfg, rngs=nnx.Rngs(seed))  # noqa: E731
@@ -86,20 +127,18 @@ def build_decoder(cfg: Mapping, *, seed: int, mesh=None) -> Decoder:
 def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool = True) -> VLM:
     """CT-ViT -> projector -> decoder (+ LoRA adapters when the config asks and `with_lora`)."""
     model_cfg = _plain(model_cfg)
-    enc_cfg = encoder_config(model_cfg.get("encoder", {}))
-    decoder = build_decoder(model_cfg.get("decoder", {}), seed=seed + 1, mesh=mesh)
-    proj = _plain(model_cfg.get("projector", {}))
-    pcfg = ProjectorConfig.for_encoder(
-        enc_cfg, decoder.cfg.hidden_size, kind=proj.get("kind", "linear"), pool=int(proj.get("pool", 1)),
-        pool_op=proj.get("pool_op", "mean"), features=proj.get("features", "all"),
-        dtype=dtype_of(proj.get("dtype", "float32")), param_dtype=dtype_of(proj.get("param_dtype", "float32")),
-    )
+    check(model_cfg)
+    enc_cfg = encoder_config(model_cfg.get("encoder"))
+    decoder = build_decoder(model_cfg.get("decoder"), seed=seed + 1, mesh=mesh)
+    proj = section(model_cfg, "projector")
+    for k in ("dtype", "param_dtype"):
+        if k in proj:
+            proj[k] = dtype_of(proj[k])
+    pcfg = ProjectorConfig.for_encoder(enc_cfg, decoder.cfg.hidden_size, **proj)
     rngs = nnx.Rngs(seed, dropout=seed + 2)
     encoder = CTViT(enc_cfg, rngs=rngs)
     projector = Projector(pcfg, rngs=rngs)
-    model = VLM(encoder, projector, decoder, prefix_lm=bool(model_cfg.get("prefix_lm", False)),
-                freeze_encoder=bool(model_cfg.get("freeze_encoder", True)),
-                loss_chunk=int(model_cfg.get("loss_chunk", 4096)))
+    model = VLM(encoder, projector, decoder, **{k: model_cfg[k] for k in _VLM_FLAGS if k in model_cfg})
     lora = lora_config(model_cfg.get("lora")) if with_lora else None
     if lora is not None:
         apply_lora(model.decoder, lora, nnx.Rngs(params=seed + 3, dropout=seed + 4))
@@ -109,11 +148,11 @@ def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool =
     return model
 
 
-def build_lesion_mapper(model_cfg: Mapping, *, pos_weight: float = 21.0, seed: int = 0, mesh=None) -> LesionMapper:
+def build_lesion_mapper(model_cfg: Mapping, *, pos_weight: float, seed: int = 0, mesh=None) -> LesionMapper:
     """The lesion-map encoder pre-training model: CT-ViT + a per-token lesion-centre head."""
     model_cfg = _plain(model_cfg)
     rngs = nnx.Rngs(seed)
-    model = LesionMapper(CTViT(encoder_config(model_cfg.get("encoder", {})), rngs=rngs), pos_weight=pos_weight,
+    model = LesionMapper(CTViT(encoder_config(model_cfg.get("encoder")), rngs=rngs), pos_weight=pos_weight,
                          rngs=rngs)
     if mesh is not None:
         nnx.update(model, place_state(nnx.state(model), mesh))
@@ -123,8 +162,8 @@ def build_lesion_mapper(model_cfg: Mapping, *, pos_weight: float = 21.0, seed: i
 def build_clip(model_cfg: Mapping, *, seed: int = 0, mesh=None) -> VolumeTextCLIP:
     """The encoder pre-training model: CT-ViT + RoBERTa text tower (random or `text_encoder.hf_dir`)."""
     model_cfg = _plain(model_cfg)
-    enc_cfg = encoder_config(model_cfg.get("encoder", {}))
-    text = _plain(model_cfg.get("text_encoder", {}))
+    enc_cfg = encoder_config(model_cfg.get("encoder"))
+    text = section(model_cfg, "text_encoder")
     rngs = nnx.Rngs(seed)
     if text.get("hf_dir"):
         text_model = load_roberta(text["hf_dir"])
@@ -133,10 +172,7 @@ def build_clip(model_cfg: Mapping, *, seed: int = 0, mesh=None) -> VolumeTextCLI
         text.pop("hf_dir", None)
         rcfg = RobertaConfig.tiny(**text) if preset == "tiny" else RobertaConfig.phobert_base(**text)
         text_model = RobertaEncoder(rcfg, rngs=rngs)
-    clip = _plain(model_cfg.get("clip", {}))
-    model = VolumeTextCLIP(CTViT(enc_cfg, rngs=rngs), text_model, latent_dim=int(clip.get("latent_dim", 512)),
-                           vision_pool=clip.get("vision_pool", "ctclip"), text_pool=clip.get("text_pool", "cls"),
-                           loss=clip.get("loss", "clip"), rngs=rngs)
+    model = VolumeTextCLIP(CTViT(enc_cfg, rngs=rngs), text_model, **section(model_cfg, "clip"), rngs=rngs)
     if mesh is not None:
         nnx.update(model, place_state(nnx.state(model), mesh))
     return model

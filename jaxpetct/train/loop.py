@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from jaxpetct.config import Stage
 from jaxpetct.parallel.batches import batch_sharding, to_global  # noqa: F401 (public here too)
 from jaxpetct.parallel.multihost import any_process
 from jaxpetct.parallel.rules import state_shardings
@@ -37,21 +38,11 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class StageSpec:
-    name: str  # encoder_pretrain | align | lora | full (or any name with explicit `groups`)
-    steps: int
-    peak_lr: float
-    warmup_fraction: float = 0.03
-    final_lr_fraction: float = 0.0
-    weight_decay: float = 0.0
-    clip_norm: Optional[float] = 1.0
-    grad_accum_steps: int = 1  # loader batches per optimizer step (token-weighted: one k-times-larger batch)
+class StageSpec(Stage):
+    """A stage's settings (jaxpetct/config.Stage: the home of their defaults) resolved for one run: its name, its
+    step count (from `epochs` when given) and the parameter groups that train."""
+    name: str  # a registered kind's name, or any name with explicit `groups`
     groups: Optional[tuple[ParamGroup, ...]] = None
-    log_every: int = 10
-    eval_every: int = 0  # 0: only at the end
-    save_every: int = 100
-    keep: int = 2
-    best_metric: Optional[str] = "val_loss"
     async_checkpoints: bool = True
 
     def param_groups(self) -> tuple[ParamGroup, ...]:
@@ -179,7 +170,7 @@ class _Throughput:
 def _open_checkpoints(spec: StageSpec, workdir: str, state, train_iter):
     """(Checkpointer, data iterator it saves, state restored from the latest checkpoint if there is one)."""
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=spec.save_every, keep=spec.keep,
-                        best_metric=spec.best_metric, async_save=spec.async_checkpoints)
+                        best_metric=spec.best_metric or None, async_save=spec.async_checkpoints)
     ckpt.watch_sigterm()
     data_iter = train_iter if hasattr(train_iter, "get_state") else None
     if ckpt.latest_step() is not None:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from flax import nnx
 
+from jaxpetct.config import Stage, stage_settings
 from jaxpetct.errors import ConfigError
 from jaxpetct.models.factory import build_clip, build_lesion_mapper, build_vlm
 from jaxpetct.train.optimizer import ParamGroup
@@ -37,7 +38,7 @@ class StageKind:
     vlm: bool = True  # trains the VLM: CT-ViT under encoder/, projector, decoder; evaluation uses the last one
     adds_lora: bool = False  # LoRA adapters exist from this stage on (in later stages and at evaluation)
     trains_encoder_optionally: bool = False  # stages.<name>.encoder_lr_scale > 0 also trains CT-ViT
-    variant: Optional[Callable[[Any], "StageKind"]] = None  # picks a refinement from the stage config
+    variant: Optional[Callable[[Stage], "StageKind"]] = None  # picks a refinement from the stage's settings
 
 
 STAGES: dict[str, StageKind] = {}
@@ -52,29 +53,28 @@ def register(kind: StageKind, *, replace: bool = False) -> StageKind:
 
 def kind_of(cfg, name: str) -> StageKind:
     """The kind of config stage `name`: stages.<name>.kind, or the name itself; refined by the kind's variant."""
-    if name not in cfg.stages:
-        raise ConfigError(f"stage {name!r} is in order but has no config entry stages.{name}")
-    key = cfg.stages[name].get("kind") or name
+    settings = stage_settings(cfg, name)
+    key = settings.kind or name
     if key not in STAGES:
         raise ConfigError(f"stages.{name}: unknown stage kind {key!r}; registered: {sorted(STAGES)} "
                           "(jaxpetct/train/stages.py: register)")
     kind = STAGES[key]
-    return kind.variant(cfg.stages[name]) if kind.variant is not None else kind
+    return kind.variant(settings) if kind.variant is not None else kind
 
 
 def trainable_groups(cfg, name: str) -> tuple[ParamGroup, ...]:
     """stages.<name>.trainable ((group, path regex[, lr scale]), ...) if given, else the kind's groups; plus CT-ViT
     at encoder_lr_scale when the kind allows it and the config asks."""
-    s = cfg.stages[name]
+    s = stage_settings(cfg, name)
     kind = kind_of(cfg, name)
     groups = kind.groups
-    if s.get("trainable"):
+    if s.trainable:
         try:
             groups = tuple(ParamGroup(g[0], g[1], lr_scale=float(g[2]) if len(g) > 2 else 1.0) for g in s.trainable)
         except (TypeError, IndexError, ValueError):
             raise ConfigError(f"stages.{name}.trainable: give (group name, path regex[, lr scale]) tuples, "
                               f"got {s.trainable!r}") from None
-    scale = float(s.get("encoder_lr_scale", 0.0) or 0.0)
+    scale = s.encoder_lr_scale
     if scale > 0:
         if not kind.trains_encoder_optionally:
             raise ConfigError(f"stages.{name}.encoder_lr_scale: stage kind {kind.name!r} cannot train CT-ViT")
@@ -84,7 +84,7 @@ def trainable_groups(cfg, name: str) -> tuple[ParamGroup, ...]:
 
 def _vlm(cfg, name: str, mesh, with_lora: bool) -> nnx.Module:
     model_cfg = cfg.model.to_dict()
-    if float(cfg.stages[name].get("encoder_lr_scale", 0.0) or 0.0) > 0:
+    if stage_settings(cfg, name).encoder_lr_scale > 0:
         model_cfg["freeze_encoder"] = False  # gradients must reach the encoder this stage trains
     return build_vlm(model_cfg, seed=int(cfg.seed), mesh=mesh, with_lora=with_lora)
 
@@ -95,7 +95,7 @@ def _clip(cfg, name: str, mesh, with_lora: bool) -> nnx.Module:
 
 def _lesion_mapper(cfg, name: str, mesh, with_lora: bool) -> nnx.Module:
     return build_lesion_mapper(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh,
-                               pos_weight=float(cfg.stages[name].get("pos_weight", 21.0)))
+                               pos_weight=stage_settings(cfg, name).pos_weight)
 
 
 # CT-ViT pre-training. VolumeTextCLIP: encoder/..., text/..., latent heads and the loss temperature;
@@ -112,8 +112,8 @@ _ENCODER_OBJECTIVES = {
 }
 
 
-def _encoder_objective(stage_cfg) -> StageKind:
-    objective = stage_cfg.get("objective", "clip")
+def _encoder_objective(settings: Stage) -> StageKind:
+    objective = settings.objective
     if objective not in _ENCODER_OBJECTIVES:
         raise ConfigError(f"stages.encoder_pretrain.objective={objective!r}; use one of {sorted(_ENCODER_OBJECTIVES)}")
     return _ENCODER_OBJECTIVES[objective]

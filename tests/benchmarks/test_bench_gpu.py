@@ -6,6 +6,8 @@ import pathlib
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu.py"
 
 

@@ -18,6 +18,8 @@ from jaxpetct.parallel.rules import LOGICAL_RULES, place_state
 from jaxpetct.text.tokenizer import load_tokenizer
 from tests.eval.synthetic_eval import cohort_studies, study_examples, tiny_vlm
 
+pytestmark = pytest.mark.integration
+
 DECODING = DecodingConfig(max_new_tokens=8, batch_size=4, length_buckets=(256,))
 # The shared rules table has no entries for the vision towers' axis names yet: replicate them for this test.
 VISION_RULES = LOGICAL_RULES + tuple((n, None) for n in ("vis_embed", "vis_mlp", "vis_heads", "vis_patch", "vis_proj"))

@@ -12,6 +12,8 @@ from jaxpetct.data.records import as_text
 from jaxpetct.train.writers import read_metrics
 from tests.train.multiproc import launch_processes, summary_lines
 
+pytestmark = pytest.mark.integration
+
 STAGES = ("encoder_pretrain", "full", "align", "lora")  # the default order
 
 

@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxpetct.config import paper_config
+from jaxpetct.paper import paper_config
 from jaxpetct.data import pipeline
 from jaxpetct.data.build import build_dataset
 from jaxpetct.data.inputs import AugmentConfig, model_images, tokenizer_for
@@ -61,6 +61,8 @@ from jaxpetct.train.optimizer import Schedule, make_optimizer, path_str
 from jaxpetct.train.stages import STAGES
 from jaxpetct.train.step import init_state, make_train_step
 from jaxpetct.train.tasks import vlm_answer_loss
+
+pytestmark = pytest.mark.integration
 
 PAPER_STUDIES = 2  # index 0 falls in a train month, index 1 in a validation month (seed 0)
 GROWTH_GB = 9.5  # peak RSS above the RSS at the test's start (locally ~8.7 GB: 0.9 -> 9.6; margin for CI)

@@ -24,6 +24,8 @@ MESH = {"data": 2, "fsdp": 2, "tensor": 1}
 TINY = '''
 from jaxpetct.config import base_config
 
+pytestmark = pytest.mark.integration
+
 
 def get_config(arg=None):
     c = base_config()

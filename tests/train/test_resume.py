@@ -11,6 +11,8 @@ import pytest
 
 from jaxpetct.train.writers import read_metrics
 
+pytestmark = pytest.mark.integration
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 14
 
