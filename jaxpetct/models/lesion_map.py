@@ -30,7 +30,7 @@ class LesionMapper(nnx.Module):
     """With ``lesion_channel`` the logit is CT-ViT's own last output feature (its head goes to the VLM with it);
     otherwise a separate head here, dropped after this stage."""
 
-    def __init__(self, encoder: CTViT, *, pos_weight: float = 21.0, rngs: nnx.Rngs):
+    def __init__(self, encoder: CTViT, *, pos_weight: float, rngs: nnx.Rngs):
         self.encoder = encoder  # named as in the VLM, so the next stage loads it path for path
         self.head = None if encoder.cfg.lesion_channel else nnx.Linear(encoder.cfg.dim, 1, rngs=rngs)
         self.pos_weight = float(pos_weight)

@@ -99,3 +99,16 @@ def test_no_config_default_is_written_again_where_it_is_read():
             if pattern.search(line):
                 hits.append(f"{os.path.relpath(path, ROOT)}:{n}: {line.strip()}")
     assert not hits, hits
+
+
+def test_resolving_fills_what_a_section_leaves_out_from_its_one_default():
+    import ml_collections
+
+    from jaxpetct.jobs import resolve_config
+
+    cfg = config.base_config()
+    cfg.stages.toy = ml_collections.ConfigDict(dict(steps=3, peak_lr=1e-3))  # written by hand, not with stage()
+    resolved = resolve_config(cfg)
+    assert resolved.stages.toy.warmup_fraction == config.Stage.warmup_fraction
+    assert resolved.stages.toy.to_dict() == dataclasses.asdict(config.Stage(steps=3, peak_lr=1e-3))
+    assert resolved.to_dict() == {**cfg.to_dict(), "stages": resolved.stages.to_dict()}

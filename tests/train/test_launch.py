@@ -100,6 +100,17 @@ def test_user_errors_are_one_line_and_exit_2(subprocess_env, tmp_path, args, nam
     assert "Traceback" not in done.stderr
 
 
+def test_a_config_file_with_an_undeclared_key_is_one_line(subprocess_env, tmp_path):
+    """ml_collections accepts any key a config file sets; the typed sections (jaxpetct/config.py) do not."""
+    typo = tmp_path / "typo.py"
+    typo.write_text("from jaxpetct.config import base_config\n\n\ndef get_config(arg=None):\n"
+                    "    c = base_config()\n    c.stages.lora.stpes = 10\n    return c\n")
+    done = launch([f"--workdir={tmp_path}", "--mode=train", f"--config={typo}"], subprocess_env, timeout=300)
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith(("I1", "W1"))]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("error: stages.lora.stpes: no such setting"), lines
+
+
 def test_train_does_not_build_it_says_how(subprocess_env, tmp_path):
     """Only --mode build / all write datasets; train on a fresh workdir names the missing dataset and the command."""
     done = launch([f"--workdir={tmp_path}", "--mode=train", "--config.data.synthetic.n=4"], subprocess_env, timeout=300)
