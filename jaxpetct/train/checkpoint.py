@@ -123,6 +123,10 @@ class Checkpointer:
             log.info("checkpoint: saving step %d to %s", step, self.directory)
         return saved
 
+    def due(self, step: int) -> bool:
+        """Whether `save(step, ...)` will write by the interval (the loop reads a step's metrics before that)."""
+        return step % self.save_every == 0
+
     def wait(self) -> None:
         """Block until async saves are committed (call before reading them or exiting)."""
         self._manager.wait_until_finished()

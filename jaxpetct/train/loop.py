@@ -8,6 +8,7 @@ from the checkpoint, so the loss sequence after a SIGKILL and restart is bitwise
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -27,7 +28,7 @@ from jaxpetct.train.checkpoint import Checkpointer, abstract_like
 from jaxpetct.train.optimizer import ParamGroup, Schedule, assign_groups, make_optimizer, path_str
 from jaxpetct.train.stages import STAGES
 from jaxpetct.train.step import Task, TrainState, init_state
-from jaxpetct.train.stepper import Stepper, model_arrays  # noqa: F401 (model_arrays: public here too)
+from jaxpetct.train.stepper import Positioned, Stepper, model_arrays  # noqa: F401 (model_arrays: public here too)
 from jaxpetct.train.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -146,43 +147,88 @@ class StageResult:
 
 
 class _Throughput:
-    """Tokens/s, step time, MFU and HFU over the steps since the last log line."""
+    """Tokens/s, step time, MFU and HFU over the steps since the last log line, and where the host's time went:
+    `input_s` waiting for and sending batches, `sync_s` blocked on device results (per step)."""
 
     def __init__(self):
-        self.t0, self.tokens, self.steps = time.perf_counter(), 0, 0
+        self.t0, self.tokens, self.steps, self.sync_s, self.input_mark = time.perf_counter(), 0, 0, 0.0, None
 
-    def add(self, tokens: int) -> None:
-        self.tokens, self.steps = self.tokens + tokens, self.steps + 1
+    def add(self, tokens: int, sync_s: float) -> None:
+        self.tokens, self.steps, self.sync_s = self.tokens + tokens, self.steps + 1, self.sync_s + sync_s
 
-    def flush(self, flops) -> dict:
-        dt = time.perf_counter() - self.t0
-        step_s = dt / max(self.steps, 1)
-        out = {"step_time_s": step_s, "tokens_per_s": self.tokens / max(dt, 1e-9),
-               "model_tflops_per_step": flops.model / 1e12}  # all devices together
+    def flush(self, flops, input_s: float) -> dict:
+        dt, n = time.perf_counter() - self.t0, max(self.steps, 1)
+        mark = self.input_mark if self.input_mark is not None else 0.0
+        out = {"step_time_s": dt / n, "tokens_per_s": self.tokens / max(dt, 1e-9), "input_s": (input_s - mark) / n,
+               "sync_s": self.sync_s / n, "model_tflops_per_step": flops.model / 1e12}  # all devices together
         for key, count in (("mfu", flops.model), ("hfu", flops.executed)):  # accelerators only
-            value = perf.mfu(count, step_s, jax.device_count())
+            value = perf.mfu(count, dt / n, jax.device_count())
             if value is not None:
                 out[key] = value
         self.__init__()
+        self.input_mark = input_s
         return out
 
 
 def _open_checkpoints(spec: StageSpec, workdir: str, state, train_iter):
-    """(Checkpointer, data iterator it saves, state restored from the latest checkpoint if there is one)."""
+    """(Checkpointer, positioned data iterator or None, state restored from the latest checkpoint if any)."""
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=spec.save_every, keep=spec.keep,
                         best_metric=spec.best_metric or None, async_save=spec.async_checkpoints)
     ckpt.watch_sigterm()
-    data_iter = train_iter if hasattr(train_iter, "get_state") else None
+    data_iter = Positioned(train_iter) if hasattr(train_iter, "get_state") else None
     if ckpt.latest_step() is not None:
         state, _ = ckpt.restore(abstract_like(state), data_iter=data_iter)
         log.info("resumed stage %s at step %d from %s", spec.name, int(state.step), ckpt.directory)
     return ckpt, data_iter, state
 
 
-def _stop(ckpt: Checkpointer, step: int, state, data_iter, spec: StageSpec, why: str) -> None:
-    """Saves `state` as `step` now, whatever save_every says, and waits for it to be committed."""
-    ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name, "stopped": why}, force=True)
+def _stop(ckpt: Checkpointer, state, position, spec: StageSpec, why: str) -> None:
+    """Saves `state` now, whatever save_every says, as the step it has reached (rejected updates do not count),
+    and waits for it to be committed."""
+    step = int(state.step)
+    if ckpt.latest_step() != step:
+        ckpt.save(step, state, data_iter=position, meta={"stage": spec.name, "stopped": why}, force=True)
     ckpt.wait()
+
+
+@dataclasses.dataclass
+class _Step:
+    """A dispatched step whose metrics stay on the devices until the host reads them, one step later."""
+    number: int
+    metrics: dict
+    flops: Any
+    val: dict
+
+
+class _Reader:
+    """Reads dispatched steps' metrics one step behind (the device has finished them by then: no wait), writes a
+    record per step, and stops the run at a non-finite step. The step itself already rejected that update on the
+    device, so the state saved is never poisoned."""
+
+    def __init__(self, spec: StageSpec, stepper: Stepper, schedule, lr_scale: float, writer, bar, end: int):
+        self.spec, self.stepper, self.schedule, self.lr_scale = spec, stepper, schedule, lr_scale
+        self.writer, self.bar, self.end, self.meter, self.last = writer, bar, end, _Throughput(), {}
+
+    def read(self, done: _Step, stop) -> None:
+        t0 = time.perf_counter()
+        metrics = jax.device_get(done.metrics)
+        sync_s = time.perf_counter() - t0
+        self.meter.add(int(metrics.pop("batch_tokens", 0)), sync_s)
+        if not int(metrics.pop("finite")):
+            stop("non-finite")
+            raise TrainingDiverged(
+                f"stage {self.spec.name}: non-finite loss or gradient at step {done.number - 1} (loss="
+                f"{metrics['loss']}, grad_norm={metrics['grad_norm']}); the update was rejected and the last good "
+                "state is saved. Lower the learning rate or check the data.")
+        record = {k: float(v) for k, v in metrics.items()}
+        record["lr"] = float(self.schedule()(done.number - 1) * self.lr_scale)
+        if done.number % self.spec.log_every == 0 or done.number == self.end:
+            record.update(self.meter.flush(done.flops, self.stepper.input_s))
+        record.update(done.val)
+        self.writer.write(done.number, record)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}")
+        self.bar.update(1)
+        self.last = record
 
 
 def run_stage(model: nnx.Module, task: Task, spec: StageSpec, *, train_iter: Iterator[dict], mesh,
@@ -193,8 +239,9 @@ def run_stage(model: nnx.Module, task: Task, spec: StageSpec, *, train_iter: Ite
     `train_iter` yields per-host numpy micro-batches of the VLM batch contract (`spec.grad_accum_steps` of them
     make one optimizer step) and, when it is a Grain iterator, its position is checkpointed with the state.
     `evaluate(model) -> {"val_loss": ...}` runs every `eval_every` steps and at the end; its metrics feed
-    best-checkpoint selection. `stop_after` ends the run early (tests). Each step: train -> maybe log -> maybe
-    evaluate -> maybe save -> stop on every host if any host was preempted.
+    best-checkpoint selection. `stop_after` ends the run early (tests). Each step: dispatch it -> prepare the
+    next batch while it runs -> maybe evaluate -> maybe save -> read the previous step's metrics (log, NaN
+    guard) -> stop on every host if any host was preempted. The host never waits for a step it has no use for.
     """
     workdir = os.fspath(workdir)
     groups = spec.param_groups()
@@ -203,38 +250,36 @@ def run_stage(model: nnx.Module, task: Task, spec: StageSpec, *, train_iter: Ite
     log.info("stage %s: %d trainable parameters in groups %s", spec.name,
              sum(x.size for x in jax.tree.leaves(state.params)), sorted(set(jax.tree.leaves(group_of))))
     ckpt, data_iter, state = _open_checkpoints(spec, workdir, state, train_iter)
+    batches = data_iter if data_iter is not None else train_iter
     step = int(state.step)
     end = spec.steps if stop_after is None else min(spec.steps, stop_after)
-    lr_scale = groups[0].lr_scale if groups else 1.0
-    writer, meter, last_metrics = MetricWriter(workdir, stage=spec.name), _Throughput(), {}
+    writer = MetricWriter(workdir, stage=spec.name)
     bar = tqdm(total=spec.steps, initial=step, desc=spec.name, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True)
+    reader = _Reader(spec, stepper, schedule, groups[0].lr_scale if groups else 1.0, writer, bar, end)
+    pending: Optional[_Step] = None
     try:
         while step < end:
-            state, metrics, flops = stepper(state, train_iter)  # grad_accum_steps loader batches, one update
-            metrics = jax.device_get(metrics)
-            meter.add(int(metrics.pop("batch_tokens", 0)))
-            if not int(metrics["finite"]):
-                _stop(ckpt, step, state, data_iter, spec, "non-finite")
-                raise TrainingDiverged(
-                    f"stage {spec.name}: non-finite loss or gradient at step {step} (loss={metrics['loss']}, "
-                    f"grad_norm={metrics['grad_norm']}); the update was rejected and the last good state is saved "
-                    f"as step {step} in {ckpt.directory}. Lower the learning rate or check the data.")
+            state, metrics, flops = stepper(state, batches)  # dispatched: grad_accum_steps batches, one update
             step += 1
-            record = {k: float(v) for k, v in metrics.items() if k != "finite"}
-            record["lr"] = float(schedule()(step - 1) * lr_scale)
-            if step % spec.log_every == 0 or step == end:
-                record.update(meter.flush(flops))
+            position = data_iter.position() if data_iter is not None else None  # before reading ahead
+            if step < end:
+                stepper.prefetch(batches)
+            current = _Step(step, metrics, flops, {})
+            stop = functools.partial(_stop, ckpt, state, position, spec)  # noqa: B023
+            if pending is not None:  # the previous step: finished while this one was dispatched
+                reader.read(pending, stop)
             if evaluate is not None and (step == end or (spec.eval_every and step % spec.eval_every == 0)):
-                record.update(evaluate(nnx.merge(graphdef, state.params, state.frozen)))
-            writer.write(step, record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            bar.update(1)
-            last_metrics = record
-            ckpt.save(step, state, data_iter=data_iter, meta={"stage": spec.name}, force=(step == spec.steps),
-                      metrics={k: v for k, v in record.items() if k.startswith("val_")} or None)
-            if any_process(ckpt.preempted(step)):  # a SIGTERM on one host stops every host at this step
-                _stop(ckpt, step, state, data_iter, spec, "preempted")
+                current.val = evaluate(nnx.merge(graphdef, state.params, state.frozen))
+            preempted = any_process(ckpt.preempted(step))  # a SIGTERM on one host stops every host at this step
+            saving = ckpt.due(step) or step == spec.steps
+            pending = None if (saving or preempted or current.val or step == end) else current
+            if pending is None:  # a checkpoint is written only after its step is read and known finite
+                reader.read(current, stop)
+            ckpt.save(step, state, data_iter=position, meta={"stage": spec.name}, force=(step == spec.steps),
+                      metrics=current.val or None)
+            if preempted:
+                stop("preempted")
                 log.warning("stage %s: preempted; checkpointed step %d, exiting", spec.name, step)
                 raise SystemExit(143)
     finally:
@@ -242,4 +287,4 @@ def run_stage(model: nnx.Module, task: Task, spec: StageSpec, *, train_iter: Ite
         writer.close()
         ckpt.close()
     return StageResult(model=nnx.merge(graphdef, state.params, state.frozen), state=state, last_step=step,
-                       metrics=last_metrics)
+                       metrics=reader.last)

@@ -9,6 +9,8 @@ programs on abstract arguments without running them.
 """
 from __future__ import annotations
 
+import json
+import time
 from typing import Any, Iterator, Optional
 
 import jax
@@ -27,8 +29,50 @@ def model_arrays(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "meta" and np.asarray(v).dtype.kind in "biuf"}
 
 
+class _Position:
+    """A data iterator's position frozen at a step boundary, in the form Grain's Orbax handler saves."""
+
+    def __init__(self, state: Any):
+        self._state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self._state, indent=1).encode()
+
+
+class Positioned:
+    """A checkpointable data iterator whose saved position is the one `position()` froze, not where the loader
+    has read ahead to: the loop pulls step t+1's batch while step t runs, and a checkpoint of step t must resume
+    at batch t+1. Restores (Grain's handler: set_state, start_prefetch) also read checkpoints of the bare
+    iterator, whose state is the same JSON."""
+
+    def __init__(self, iterator: Any):
+        self._it = iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    def position(self) -> _Position:
+        return _Position(self._it.get_state())
+
+    def get_state(self) -> bytes:
+        return self.position().get_state()
+
+    def set_state(self, state: bytes) -> None:
+        self._it.set_state(json.loads(state))
+
+    def start_prefetch(self) -> None:
+        getattr(self._it, "start_prefetch", lambda: None)()
+
+
 class Stepper:
-    """`stepper(state, batches) -> (state, metrics, FlopCount of the step)`; `batches` yields host batches."""
+    """`stepper(state, batches) -> (state, metrics, FlopCount of the step)`; `batches` yields host batches.
+
+    `prefetch(batches)` prepares the next step's first batch (read, made global, sent to the devices) while the
+    step just dispatched runs; `input_s` is the host time spent waiting for batches and sending them.
+    """
 
     def __init__(self, graphdef, task, tx, mesh, state_shardings: Any, accum_steps: int = 1):
         if accum_steps < 1:
@@ -39,6 +83,8 @@ class Stepper:
         self.apply = make_apply_step(tx)
         self._programs: dict = {}
         self._flops: dict = {}
+        self._ready: Optional[tuple] = None
+        self.input_s = 0.0
 
     # ---- lowering (shared with plan mode: arguments may be abstract) ---------------------------------------------
     def accumulator_shardings(self, state: Any, batch: dict) -> Accumulator:
@@ -86,9 +132,22 @@ class Stepper:
 
     # ---- running -------------------------------------------------------------------------------------------------
     def _next(self, batches: Iterator[dict]) -> tuple[dict, tuple]:
+        if self._ready is not None:
+            ready, self._ready = self._ready, None
+            return ready
+        t0 = time.perf_counter()
         host = agree(model_arrays(next(batches)), TOKEN_FIELDS)  # one length on every host
         batch = to_global(host, batch_sharding(self.mesh, host))
+        self.input_s += time.perf_counter() - t0
         return batch, tuple(sorted((k, v.shape) for k, v in host.items()))
+
+    def prefetch(self, batches: Iterator[dict]) -> None:
+        """Prepare the next step's first batch now (an exhausted iterator raises at the next step instead)."""
+        if self._ready is None:
+            try:
+                self._ready = self._next(batches)
+            except StopIteration:
+                pass
 
     def __call__(self, state: Any, batches: Iterator[dict]) -> tuple[Any, dict, FlopCount]:
         if self.accum == 1:
