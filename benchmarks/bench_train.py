@@ -5,6 +5,7 @@ train step over a mesh of every local device) on random batches of the VLM batch
 what a training run gets minus data loading.
 
     python benchmarks/bench_train.py                      # tiny default, CPU-sized
+    python benchmarks/bench_train.py --loop --input-ms 50 # + the stage loop: what the host adds to each step
     python benchmarks/bench_train.py --decoder qwen2_0_5b --encoder paper --batch 8 --length 2048 --dtype bfloat16
     python benchmarks/bench_train.py --decoder mistral_7b --stage lora --batch 8 --length 2048 --dtype bfloat16 \
         --remat --json out.json      # the paper's stage-3 shape (LoRA r64 on all linears)
@@ -41,8 +42,57 @@ def parse(argv=None):
     p.add_argument("--remat", action="store_true")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--mesh", default="data=-1", help="e.g. data=1,fsdp=-1,tensor=1")
+    p.add_argument("--loop", action="store_true",
+                   help="also run the stage loop (run_stage) and report the host's time per step beside the device's")
+    p.add_argument("--loop-steps", type=int, default=30)
+    p.add_argument("--input-ms", type=float, default=0.0,
+                   help="loader latency per batch in the loop run (a sleep in next(), like a Grain read)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
+
+
+class TimedBatches:
+    """An endless stream of one host batch that sleeps `input_ms` per batch and records when each was asked for."""
+
+    def __init__(self, host: dict, input_ms: float):
+        self.host, self.delay, self.asked, self.waited = host, input_ms / 1e3, [], 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        t0 = time.perf_counter()
+        self.asked.append(t0)
+        if self.delay:
+            time.sleep(self.delay)
+        self.waited += time.perf_counter() - t0
+        return self.host
+
+
+def loop_figures(a, host: dict, device_step_s: float) -> dict:
+    """Steady-state seconds per step of the real stage loop over `host` batches, and what the host adds.
+
+    The step count of the loop run is `--loop-steps`; the first 5 (compilation, warm-up) are left out. Host
+    overhead = loop step - device step: time the devices sit idle waiting for the host (batch reads, transfers,
+    result reads, logging, the progress bar).
+    """
+    import tempfile
+
+    from jaxpetct.models.factory import build_vlm
+    from jaxpetct.parallel.mesh import make_mesh
+    from jaxpetct.train.loop import StageSpec, run_stage
+    from jaxpetct.train.tasks import vlm_answer_loss
+
+    mesh = make_mesh({k: int(v) for k, v in (kv.split("=") for kv in a.mesh.split(","))})
+    model = build_vlm(model_config(a), seed=0, mesh=mesh, with_lora=a.stage == "lora")
+    spec = StageSpec(a.stage, steps=a.loop_steps, peak_lr=1e-4, save_every=10**6, log_every=10, best_metric="")
+    batches = TimedBatches(host, a.input_ms)
+    with tempfile.TemporaryDirectory() as workdir:
+        run_stage(model, vlm_answer_loss, spec, train_iter=batches, mesh=mesh, workdir=workdir, progress=False)
+    t = batches.asked[5:]
+    loop_s = (t[-1] - t[0]) / (len(t) - 1)
+    return {"loop_step_s": loop_s, "host_overhead_s": max(0.0, loop_s - device_step_s - 0.0),
+            "input_ms": a.input_ms, "loop_steps": a.loop_steps}
 
 
 def model_config(a) -> dict:
@@ -107,6 +157,9 @@ def main(argv=None) -> dict:
            "model_tflops_per_step": flops.model / 1e12, "executed_tflops_per_step": flops.executed / 1e12,
            "mfu": perf.mfu(flops.model, step_s, devices), "hfu": perf.mfu(flops.executed, step_s, devices),
            "memory_gib": (perf.compiled_memory_bytes(compiled) or 0) / 2**30, "loss": float(metrics["loss"])}
+    if a.loop:
+        del state, compiled
+        row.update(loop_figures(a, host, step_s))
     pct = lambda x: "" if x is None else f"{100 * x:.1f} %"  # noqa: E731
     print("| decoder | encoder | stage | dtype | batch x len | device | step (s) | tokens/s | model TFLOP/step | "
           "MFU | HFU | memory (GiB) |")
@@ -114,6 +167,10 @@ def main(argv=None) -> dict:
     print(f"| {a.decoder} | {a.encoder} | {a.stage} | {a.dtype} | {a.batch}x{a.length} | {devices}x "
           f"{row['device']} | {step_s:.3f} | {row['tokens_per_s']:.0f} | {row['model_tflops_per_step']:.4g} | "
           f"{pct(row['mfu'])} | {pct(row['hfu'])} | {row['memory_gib']:.2f} |")
+    if a.loop:
+        print(f"\nstage loop ({a.loop_steps} steps, loader latency {a.input_ms:g} ms/batch): "
+              f"{row['loop_step_s']:.3f} s/step vs the step alone {step_s:.3f} s: the host adds "
+              f"{row['host_overhead_s']:.3f} s/step")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(row, f, indent=1)

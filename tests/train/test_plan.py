@@ -18,14 +18,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+pytestmark = pytest.mark.integration
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESH = {"data": 2, "fsdp": 2, "tensor": 1}
 
 TINY = '''
 from jaxpetct.config import base_config
-
-pytestmark = pytest.mark.integration
-
 
 def get_config(arg=None):
     c = base_config()
