@@ -192,8 +192,18 @@ class PEG(nnx.Module):
                              bias_metadata=param_axes("vis_embed"))
 
     def __call__(self, x: Array) -> Array:  # (B, T, h, w, d)
+        """The conv as 27 shifted, per-channel-scaled copies of the padded grid, summed: the same weights and
+        result as `self.conv` (tests/models/test_ctvit.py), but XLA's CPU backend runs a grouped 3-D conv ~50x
+        slower than these element-wise ops (67 ms vs ~1 ms on the tiny default's 8 x 8^3 x 32 grid: most of the
+        CT-ViT's step time), and GPUs and TPUs fuse them into one kernel."""
         t_pad = (2, 0) if self.causal else (1, 1)
-        return self.conv(jnp.pad(x, ((0, 0), t_pad, (1, 1), (1, 1), (0, 0))))
+        dtype = self.conv.dtype or x.dtype
+        padded = jnp.pad(x, ((0, 0), t_pad, (1, 1), (1, 1), (0, 0))).astype(dtype)
+        kernel = self.conv.kernel[...].astype(dtype)  # (3, 3, 3, 1, d): one 3x3x3 filter per channel
+        _, t, h, w, _ = x.shape
+        out = sum(padded[:, i:i + t, j:j + h, k:k + w, :] * kernel[i, j, k, 0]
+                  for i in range(3) for j in range(3) for k in range(3))
+        return out + self.conv.bias[...].astype(dtype)
 
 
 class Attention(nnx.Module):

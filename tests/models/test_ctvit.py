@@ -224,3 +224,22 @@ def test_lesion_channel_appends_the_heads_logit_to_every_token():
     np.testing.assert_allclose(out[..., -1], out[..., :-1] @ kernel[:, 0] + bias[0], atol=1e-5)
     plain = CTViT(CTViTConfig.tiny(channels=2), rngs=nnx.Rngs(0))
     assert plain.lesion_head is None and np.asarray(plain(vol)).shape[-1] == cfg.dim
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_peg_shifted_sum_is_the_depthwise_conv_it_replaces(causal, dtype):
+    """PEG runs its depthwise 3x3x3 conv as 27 shifted products (XLA's CPU grouped conv is ~50x slower); the
+    weights are nnx.Conv's and the output is what nnx.Conv computes from them."""
+    from jaxpetct.models.ctvit import PEG
+
+    cfg = CTViTConfig.tiny(channels=2, peg_causal=causal, dtype=dtype)
+    peg = PEG(cfg, nnx.Rngs(3))
+    peg.conv.bias[...] = jax.random.normal(jax.random.key(1), peg.conv.bias[...].shape)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4, cfg.dim)).astype(cfg.compute_dtype)
+    t_pad = (2, 0) if causal else (1, 1)
+    want = peg.conv(jnp.pad(x, ((0, 0), t_pad, (1, 1), (1, 1), (0, 0))))
+    got = peg(x)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    tol = 1e-5 if dtype == "float32" else 5e-2
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tol, rtol=tol)
