@@ -52,20 +52,20 @@ def run_until(cmd, env, workdir, kill_at=None, timeout=600):
 
 
 @pytest.mark.slow
-def test_sigkill_at_three_random_steps_then_resume_is_bitwise_identical(built, subprocess_env, tmp_path):
+def test_sigkill_at_two_random_steps_then_resume_is_bitwise_identical(built, subprocess_env, tmp_path):
     shared, _ = built
     reference = tmp_path / "uninterrupted"
     assert run_until(launch_cmd(shared, reference), subprocess_env, str(reference)) == "finished"
     want = [r["loss"] for r in read_metrics(reference / "full" / "metrics.jsonl")]
     assert len(want) == STEPS
 
-    kill_points = sorted(random.Random(1234).sample(range(2, STEPS), 3))
+    kill_points = sorted(random.Random(1234).sample(range(2, STEPS), 2))  # 2 processes x 1 kill: test_multiprocess
     interrupted = tmp_path / "interrupted"
     outcomes = []
     for k in kill_points:
         outcomes.append(run_until(launch_cmd(shared, interrupted), subprocess_env, str(interrupted), kill_at=k))
     outcomes.append(run_until(launch_cmd(shared, interrupted), subprocess_env, str(interrupted)))
     print("kill points", kill_points, "outcomes", outcomes)
-    assert outcomes == ["killed"] * 3 + ["finished"]
+    assert outcomes == ["killed"] * 2 + ["finished"]
     got = [r["loss"] for r in read_metrics(interrupted / "full" / "metrics.jsonl")]
     assert got == want  # bitwise: the same floats, step for step
