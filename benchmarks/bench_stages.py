@@ -51,7 +51,8 @@ def time_stage(cfg, name: str, steps: int, mesh) -> dict:
     task, data_task = training.stage_task(cfg, name)
     length = max(int(b) for b in cfg.data.buckets)
     schema = host_batch_schema(model.encoder.cfg, data_task, int(cfg.data.batch_size), length)
-    vocab = model.decoder.cfg.vocab_size if hasattr(model, "decoder") else 32000
+    text_model = getattr(model, "decoder", None) or getattr(model, "text", None)  # VLM, or CLIP's text tower
+    vocab = text_model.cfg.vocab_size if text_model is not None else 2  # lesion_map batches carry no token ids
     host = random_batch(schema, vocab, np.random.default_rng(0))
     if "image_mask" in host and hasattr(model, "num_visual_tokens"):
         host["image_mask"][:, 1:1 + model.num_visual_tokens] = True

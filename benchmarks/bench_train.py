@@ -91,7 +91,7 @@ def loop_figures(a, host: dict, device_step_s: float) -> dict:
         run_stage(model, vlm_answer_loss, spec, train_iter=batches, mesh=mesh, workdir=workdir, progress=False)
     t = batches.asked[5:]
     loop_s = (t[-1] - t[0]) / (len(t) - 1)
-    return {"loop_step_s": loop_s, "host_overhead_s": max(0.0, loop_s - device_step_s - 0.0),
+    return {"loop_step_s": loop_s, "host_overhead_s": max(0.0, loop_s - device_step_s),
             "input_ms": a.input_ms, "loop_steps": a.loop_steps}
 
 

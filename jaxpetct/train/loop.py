@@ -150,23 +150,22 @@ class _Throughput:
     """Tokens/s, step time, MFU and HFU over the steps since the last log line, and where the host's time went:
     `input_s` waiting for and sending batches, `sync_s` blocked on device results (per step)."""
 
-    def __init__(self):
-        self.t0, self.tokens, self.steps, self.sync_s, self.input_mark = time.perf_counter(), 0, 0, 0.0, None
+    def __init__(self, input_s: float = 0.0):
+        self.t0, self.tokens, self.steps, self.sync_s, self.input0 = time.perf_counter(), 0, 0, 0.0, input_s
 
     def add(self, tokens: int, sync_s: float) -> None:
         self.tokens, self.steps, self.sync_s = self.tokens + tokens, self.steps + 1, self.sync_s + sync_s
 
     def flush(self, flops, input_s: float) -> dict:
         dt, n = time.perf_counter() - self.t0, max(self.steps, 1)
-        mark = self.input_mark if self.input_mark is not None else 0.0
-        out = {"step_time_s": dt / n, "tokens_per_s": self.tokens / max(dt, 1e-9), "input_s": (input_s - mark) / n,
-               "sync_s": self.sync_s / n, "model_tflops_per_step": flops.model / 1e12}  # all devices together
+        out = {"step_time_s": dt / n, "tokens_per_s": self.tokens / max(dt, 1e-9),
+               "input_s": (input_s - self.input0) / n, "sync_s": self.sync_s / n,
+               "model_tflops_per_step": flops.model / 1e12}  # all devices together
         for key, count in (("mfu", flops.model), ("hfu", flops.executed)):  # accelerators only
             value = perf.mfu(count, dt / n, jax.device_count())
             if value is not None:
                 out[key] = value
-        self.__init__()
-        self.input_mark = input_s
+        self.__init__(input_s)
         return out
 
 

@@ -57,9 +57,6 @@ class Positioned:
     def position(self) -> _Position:
         return _Position(self._it.get_state())
 
-    def get_state(self) -> bytes:
-        return self.position().get_state()
-
     def set_state(self, state: bytes) -> None:
         self._it.set_state(json.loads(state))
 
