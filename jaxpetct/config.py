@@ -161,7 +161,7 @@ class Model:
     lora: Lora = dataclasses.field(default_factory=Lora)
     prefix_lm: bool = False
     freeze_encoder: bool = True
-    loss_chunk: int = 4096  # vocabulary chunk of the training loss (0 = materialise the full logits)
+    loss_chunk: int = 1024  # tokens per block of the training loss (0 = materialise the full logits)
     # encoder_pretrain only: the text tower (open: preset + RobertaConfig fields; random tiny RoBERTa over the
     # Mistral vocabulary here; a PhoBERT folder in hf_dir brings its own weights and tokenizer).
     text_encoder: dict = _dict(preset="tiny", vocab_size=32000, pad_token_id=0, max_position_embeddings=514,

@@ -17,7 +17,7 @@ from flax import nnx
 from jaxpetct.models.attention import Attention, resolve_implementation, visibility_mask
 from jaxpetct.models.decoder_config import DecoderConfig
 from jaxpetct.models.kvcache import KVCache, slot_positions
-from jaxpetct.models.layers import MLP, Embed, RMSNorm, annotated_param, normal_init
+from jaxpetct.models.layers import DENSE_OUTPUT, MLP, Embed, RMSNorm, annotated_param, normal_init
 from jaxpetct.models.rope import inverse_frequencies, rope_tables
 from jaxpetct.parallel.rules import shard
 
@@ -149,8 +149,10 @@ class Decoder(nnx.Module):
         index = None if cache is None else cache.index
         step = _apply_layer
         if cfg.remat:
-            policy = {"nothing": jax.checkpoint_policies.nothing_saveable,
-                      "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[cfg.remat_policy]
+            cp = jax.checkpoint_policies
+            # Dense products are custom-VJP calls (layers.contract), not dot_general: saved by name.
+            dots = cp.save_from_both_policies(cp.dots_with_no_batch_dims_saveable, cp.save_only_these_names(DENSE_OUTPUT))
+            policy = {"nothing": cp.nothing_saveable, "dots": dots}[cfg.remat_policy]
             step = nnx.remat(_apply_layer, policy=policy)
         if cfg.scan_layers:
             kv = None if cache is None else (cache.k, cache.v)

@@ -1,12 +1,16 @@
-"""Next-token cross entropy without materialising the (tokens x vocab) logits.
+"""Next-token cross entropy without materialising the (tokens x vocab) logits, and without recomputing them.
 
 For a 32k-token vocabulary the logits of one training batch dwarf everything else in it: 8 x 2048 positions x
 32,000 x 4 bytes = 2 GiB in float32, written and re-read several times by softmax and its gradient. Here the
-vocabulary is processed in chunks inside a `lax.scan`, keeping a running logsumexp, and the backward pass
-recomputes each chunk's logits instead of storing them (the same trade as "cut cross-entropy" / MaxText's
-vocabulary tiling). Peak memory drops from O(N·V) to O(N·C) and memory traffic by a similar factor, for one
-extra head matmul. The gradient is exact (not an approximation), so results match the full-logits loss to
-float rounding.
+*tokens* are processed in blocks inside a `lax.scan`: a block's logits are made, reduced to its loss, and -- when
+a gradient is wanted -- turned at once into that block's share of the gradients (softmax minus one-hot, times the
+head), the approach of Liger's fused linear cross entropy. Peak memory is one block's logits, O(block x V), and
+the head is multiplied three times per step (logits, d hidden, d head), as with materialised logits; streaming
+the vocabulary instead (a running logsumexp) must recompute every chunk's logits in the backward pass, a fourth
+head matmul (25 % more head FLOPs; on the demo's 2-core CPU that was ~30 % of a step). A frozen head (align and
+LoRA stages) costs two: `symbolic_zeros` tells the forward pass which inputs are being differentiated, and the
+head's gradient is not formed when nobody asks for it. The gradient is exact (not an approximation): results match
+the full-logits loss to float rounding.
 """
 from __future__ import annotations
 
@@ -15,85 +19,86 @@ import functools
 import jax
 import jax.numpy as jnp
 
-NEG_INF = -1e30
+_HD = (((1,), (1,)), ((), ()))  # (n, V) x (d, V) -> (n, d): contract the vocabulary axes, no transposed copy
+_DV = (((0,), (0,)), ((), ()))  # (n, d) x (n, V) -> (d, V): contract the token axes
 
 
-def _chunks(weight: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array, int]:
-    """(n, d, C) weight chunks, (n, C) additive mask (-inf on padding columns), vocab size."""
-    d, vocab = weight.shape
-    n = -(-vocab // chunk)
-    pad = n * chunk - vocab
-    w = jnp.pad(weight, ((0, 0), (0, pad))) if pad else weight
-    w = w.reshape(d, n, chunk).transpose(1, 0, 2)
-    bias = jnp.where(jnp.arange(n * chunk) < vocab, 0.0, NEG_INF).astype(jnp.float32).reshape(n, chunk)
-    return w, bias, vocab
+def _blocks(x: jax.Array, size: int) -> jax.Array:
+    """(N, ...) -> (N/size, size, ...), zero-padded: a padding row has weight 0 and adds nothing."""
+    n = x.shape[0]
+    count = -(-n // size)
+    pad = count * size - n
+    if pad:
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape(count, size, *x.shape[1:])
 
 
-def _logsumexp_chunks(h: jax.Array, w: jax.Array, bias: jax.Array) -> jax.Array:
-    def body(carry, xs):
-        m, s = carry
-        wc, bc = xs
-        logits = jnp.dot(h, wc, preferred_element_type=jnp.float32) + bc
-        m_new = jnp.maximum(m, logits.max(axis=-1))
-        s = s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[:, None]).sum(axis=-1)
-        return (m_new, s), None
+def _block_loss(h, weight, targets, weights):
+    logits = jnp.dot(h, weight, preferred_element_type=jnp.float32)  # (n, V)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    return logits, lse, jnp.sum(weights * (lse - target))
 
+
+def _loss_and_grads(h, weight, targets, weights, block: int, need_h: bool, need_w: bool):
+    """(loss, d loss / d h or None, d loss / d weight or None): one pass over the token blocks."""
     n = h.shape[0]
-    init = (jnp.full((n,), NEG_INF, jnp.float32), jnp.zeros((n,), jnp.float32))
-    (m, s), _ = jax.lax.scan(body, init, (w, bias))
-    return m + jnp.log(s)
+    vocab = weight.shape[1]
+    xs = (_blocks(h, block), _blocks(targets, block), _blocks(weights, block))
 
+    def body(dw, x):
+        hb, tb, wb = x
+        logits, lse, loss = _block_loss(hb, weight, tb, wb)
+        if not (need_h or need_w):
+            return dw, (loss, None)
+        # d loss / d logits = weight * (softmax - one_hot(target)), one fused elementwise pass over the block.
+        p = jnp.exp(logits - lse[:, None]) * wb[:, None]
+        p = jnp.where(jnp.arange(vocab)[None, :] == tb[:, None], p - wb[:, None], p).astype(h.dtype)
+        dh = jax.lax.dot_general(p, weight, _HD, preferred_element_type=jnp.float32) if need_h else None
+        if need_w:
+            dw = dw + jax.lax.dot_general(hb, p, _DV, preferred_element_type=jnp.float32)
+        return dw, (loss, dh)
 
-def _target_logits(h: jax.Array, weight: jax.Array, targets: jax.Array) -> jax.Array:
-    cols = jnp.take(weight, targets, axis=1)  # (d, N): only the N target columns
-    return jnp.einsum("nd,dn->n", h, cols, preferred_element_type=jnp.float32)
+    dw0 = jnp.zeros(weight.shape, jnp.float32) if need_w else None
+    dw, (losses, dh) = jax.lax.scan(body, dw0, xs)
+    if dh is not None:
+        dh = dh.reshape(-1, h.shape[1])[:n]
+    return jnp.sum(losses), dh, dw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _ce_sum(h, weight, targets, weights, chunk):
-    w, bias, _ = _chunks(weight, chunk)
-    lse = _logsumexp_chunks(h, w, bias)
-    return jnp.sum(weights * (lse - _target_logits(h, weight, targets)))
+def _ce_sum(h, weight, targets, weights, block):
+    return _loss_and_grads(h, weight, targets, weights, block, False, False)[0]
 
 
-def _ce_fwd(h, weight, targets, weights, chunk):
-    w, bias, _ = _chunks(weight, chunk)
-    lse = _logsumexp_chunks(h, w, bias)
-    loss = jnp.sum(weights * (lse - _target_logits(h, weight, targets)))
-    return loss, (h, weight, targets, weights, lse)
+def _ce_fwd(block, h, weight, targets, weights):
+    # symbolic_zeros: each argument arrives as CustomVJPPrimal(value, perturbed).
+    need_h, need_w = h.perturbed, weight.perturbed
+    h, weight, targets, weights = h.value, weight.value, targets.value, weights.value
+    loss, dh, dw = _loss_and_grads(h, weight, targets, weights, block, need_h, need_w)
+    return loss, (None if dh is None else dh.astype(h.dtype), None if dw is None else dw.astype(weight.dtype))
 
 
-def _ce_bwd(chunk, res, g):
-    h, weight, targets, weights, lse = res
-    w, bias, vocab = _chunks(weight, chunk)
-    scale = (g * weights).astype(jnp.float32)  # (N,)
-
-    def body(dh, xs):
-        wc, bc = xs
-        logits = jnp.dot(h, wc, preferred_element_type=jnp.float32) + bc
-        p = jnp.exp(logits - lse[:, None]) * scale[:, None]  # d loss / d logits (softmax part)
-        dh = dh + jnp.dot(p.astype(h.dtype), wc.T, preferred_element_type=jnp.float32)
-        dwc = jnp.dot(h.T, p.astype(h.dtype), preferred_element_type=jnp.float32)
-        return dh, dwc
-
-    dh, dw = jax.lax.scan(body, jnp.zeros(h.shape, jnp.float32), (w, bias))
-    dw = dw.transpose(1, 0, 2).reshape(weight.shape[0], -1)[:, :vocab]
-    # The one-hot part: - scale at each target column.
-    cols = jnp.take(weight, targets, axis=1).astype(jnp.float32)  # (d, N)
-    dh = dh - (cols.T * scale[:, None])
-    dw = dw.at[:, targets].add(-(h.astype(jnp.float32) * scale[:, None]).T)
-    return dh.astype(h.dtype), dw.astype(weight.dtype), None, None
+def _ce_bwd(block, res, g):
+    dh, dw = res
+    return (None if dh is None else dh * g.astype(dh.dtype), None if dw is None else dw * g.astype(dw.dtype),
+            None, None)
 
 
-_ce_sum.defvjp(_ce_fwd, _ce_bwd)
+def _fwd_entry(h, weight, targets, weights, block):
+    return _ce_fwd(block, h, weight, targets, weights)
+
+
+_ce_sum.defvjp(_fwd_entry, _ce_bwd, symbolic_zeros=True)
 
 
 def chunked_cross_entropy(hidden: jax.Array, weight: jax.Array, targets: jax.Array, weights: jax.Array,
-                          *, chunk: int = 4096) -> jax.Array:
-    """sum_i weights_i * CE(hidden_i @ weight, targets_i), with hidden (..., d), weight (d, V), targets (...)."""
+                          *, chunk: int = 1024) -> jax.Array:
+    """sum_i weights_i * CE(hidden_i @ weight, targets_i), with hidden (..., d), weight (d, V), targets (...);
+    `chunk` tokens per block (the loss's largest temporary is chunk x V float32)."""
     d = hidden.shape[-1]
     h = hidden.reshape(-1, d)
     t = targets.reshape(-1).astype(jnp.int32)
     w8 = weights.reshape(-1).astype(jnp.float32)
-    chunk = int(min(chunk, weight.shape[1]))
-    return _ce_sum(h, weight.astype(h.dtype), t, w8, chunk)
+    block = int(max(1, min(chunk, h.shape[0])))
+    return _ce_sum(h, weight.astype(h.dtype), t, w8, block)

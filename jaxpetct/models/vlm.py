@@ -120,7 +120,7 @@ class VLM(nnx.Module):
     """``VLM(encoder, projector, decoder)``; see the module docstring for the batch contract and the options."""
 
     def __init__(self, encoder: CTViT, projector: Projector, decoder: Decoder, *, prefix_lm: bool = False,
-                 freeze_encoder: bool = True, loss_chunk: int = 4096):
+                 freeze_encoder: bool = True, loss_chunk: int = 1024):
         t, h, w = encoder.cfg.grid
         if projector.cfg.grid != (h, w) or projector.cfg.vision_dim != encoder.cfg.out_dim:
             raise ValueError(f"projector expects a {projector.cfg.grid} x {projector.cfg.vision_dim} grid, the encoder "
@@ -132,7 +132,7 @@ class VLM(nnx.Module):
         self.num_visual_tokens = t
         self.prefix_lm = prefix_lm
         self.freeze_encoder = freeze_encoder
-        self.loss_chunk = int(loss_chunk)  # vocabulary chunk of the training loss; 0 = materialise full logits
+        self.loss_chunk = int(loss_chunk)  # tokens per block of the training loss; 0 = materialise full logits
 
     def visual_tokens(self, images: Array) -> Array:
         """(B, C, D, H, W) -> (B, T, d_model) in the decoder's compute dtype."""

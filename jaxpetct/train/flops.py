@@ -1,7 +1,7 @@
 """Matmul and convolution FLOPs of a step, counted from the program JAX traces rather than from XLA's cost analysis.
 
 XLA's `compiled.cost_analysis()` counts each loop body once: for a decoder with `scan_layers` (a scan over
-layers) and the chunked vocabulary loss (a scan over chunks) it reported 73.8 GFLOP for a step doing ~418, so
+layers) and the blocked loss (a scan over token blocks) it reported 73.8 GFLOP for a step doing ~418, so
 every MFU taken from it was understated. `count_flops` walks the jaxpr of the real function (`jax.make_jaxpr`,
 abstract arguments allowed: nothing compiled or allocated) after dead-code elimination and counts matmul and
 convolution FLOPs (elementwise work left out, as in PaLM / MaxText) with loops multiplied out: scan bodies x
@@ -20,9 +20,8 @@ precedes every matmul depending on it. Under `jax_remat3` (JAX's next implementa
 block on the outputs of an `optimization_barrier`: what only such a barrier feeds is the recomputation. A body
 of neither shape counts as model FLOPs and is reported in `unresolved_remat`.
 
-The chunked loss (`models/losses.py`) recomputes each vocabulary chunk's logits in its custom VJP (one more head
-forward, 2·tokens·hidden·padded vocab): that is how the algorithm gets the gradient without storing logits, not
-activation checkpointing, so it counts in both totals.
+The blocked loss (`models/losses.py`) forms its gradients in the forward pass of its custom VJP (the three head
+matmuls of materialised logits, two with a frozen head): counted where they run, in both totals.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The chunked next-token cross entropy equals the full-logits one (value and gradients)."""
+"""The blocked next-token cross entropy equals the full-logits one (value and gradients, each alone or both)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 from jaxpetct.models.losses import chunked_cross_entropy
 
 
-@pytest.mark.parametrize("vocab,chunk", [(1000, 300), (257, 257), (64, 4096)])
+@pytest.mark.parametrize("vocab,chunk", [(1000, 7), (257, 41), (64, 4096)])  # chunk: tokens per block
 def test_chunked_ce_matches_torch_cross_entropy(vocab, chunk):
     rng = np.random.default_rng(vocab)
     n, d = 41, 16
@@ -27,6 +27,20 @@ def test_chunked_ce_matches_torch_cross_entropy(vocab, chunk):
     assert abs(float(value) - ref.item()) <= 1e-4 * max(1.0, abs(ref.item()))
     np.testing.assert_allclose(np.asarray(gh), th.grad.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(gw), tw.grad.numpy(), atol=1e-5)
+    # A frozen head (align, LoRA) or frozen hidden states: the one gradient asked for is the same.
+    only_h = jax.grad(f, 0)(jnp.asarray(h), jnp.asarray(w))
+    only_w = jax.grad(lambda w, h: 2.0 * f(h, w))(jnp.asarray(w), jnp.asarray(h))  # a cotangent other than 1
+    np.testing.assert_allclose(np.asarray(only_h), th.grad.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(only_w), 2.0 * tw.grad.numpy(), atol=2e-5)
+
+
+def test_frozen_head_skips_the_head_gradient():
+    """symbolic_zeros: with the head frozen the loss multiplies the head twice (logits, hidden gradient), not 3x."""
+    h, w = jnp.ones((41, 16)), jnp.ones((16, 300))
+    t, m = jnp.zeros(41, jnp.int32), jnp.ones(41)
+    f = lambda h, w: chunked_cross_entropy(h, w, t, m, chunk=8)  # noqa: E731
+    dots = {a: str(jax.make_jaxpr(jax.grad(f, a))(h, w)).count("dot_general") for a in (0, 1, (0, 1))}
+    assert dots == {0: 2, 1: 2, (0, 1): 3}
 
 
 def test_vlm_loss_chunked_equals_full_logits():
