@@ -22,6 +22,7 @@ import numpy as np
 from jaxpetct.data.records import RecordSpec
 from jaxpetct.errors import UserError
 from jaxpetct.studies import cohort, splits
+from jaxpetct.text.report import checked_text
 from jaxpetct.studies.deid import scrub_text
 from jaxpetct.studies.study import StudyError
 from jaxpetct.text.vqa import QAPair, VQAError, load_vqa_pairs
@@ -107,7 +108,7 @@ def _key_resolver(refs):
 def _scrubbed(obj):
     """Lesion JSON with every string scrubbed (free text written outside the reader, like the reports)."""
     if isinstance(obj, str):
-        return scrub_text(obj)
+        return scrub_text(checked_text(obj, "a lesion field"))
     if isinstance(obj, dict):
         return {k: _scrubbed(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -139,7 +140,10 @@ def read_lesions(root: str, refs, notes: list) -> dict[str, LesionList]:
             if key is None or not isinstance(rec.get("lesions"), list):
                 notes.append(f"{LESIONS}:{n}: names no single study or has no lesion list")
                 continue
-            out[key] = LesionList(tuple(_scrubbed(les) for les in rec["lesions"]))
+            try:
+                out[key] = LesionList(tuple(_scrubbed(les) for les in rec["lesions"]))
+            except ValueError as e:
+                notes.append(f"{LESIONS}:{n}: lesion list left out: {e}")
         return out
     folder = os.path.join(root, EXPERT)
     if os.path.isdir(folder):
@@ -152,7 +156,10 @@ def read_lesions(root: str, refs, notes: list) -> dict[str, LesionList]:
             except (ValueError, OSError):
                 continue  # read_expert_set reports badly named files
             if key is not None and isinstance(lesions, list):
-                out[key] = LesionList(tuple(_scrubbed(les) for les in lesions))
+                try:
+                    out[key] = LesionList(tuple(_scrubbed(les) for les in lesions))
+                except ValueError as e:
+                    notes.append(f"{EXPERT}/{name}: lesion list left out: {e}")
     return out
 
 

@@ -6,6 +6,7 @@ the regional findings are what each anatomical region of the volume is paired wi
 from __future__ import annotations
 
 import dataclasses
+import re
 import unicodedata
 
 IMPRESSION_KEY = "Nhận định kết quả"
@@ -24,6 +25,20 @@ EN_FINDINGS_KEY = "Findings"
 def nfc(text: str) -> str:
     """Vietnamese text arrives in both composed and decomposed Unicode; every comparison happens in NFC."""
     return unicodedata.normalize("NFC", text)
+
+
+# JSON may escape a lone UTF-16 surrogate ("\ud800"): valid JSON, but not text -- it cannot be written as UTF-8,
+# so it would crash the record writer far from the file it came from. NUL ends strings in C consumers.
+_NOT_TEXT = re.compile("[\ud800-\udfff\x00]")
+
+
+def checked_text(text: str, what: str) -> str:
+    """`text` unchanged, or ValueError naming `what` and the character's position and code (never the content)."""
+    bad = _NOT_TEXT.search(text)
+    if bad is not None:
+        kind = "a NUL character" if bad.group() == "\x00" else f"a lone surrogate (U+{ord(bad.group()):04X})"
+        raise ValueError(f"{what}: character {bad.start() + 1} is {kind}, not Unicode text")
+    return text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +113,7 @@ def report_from_json(obj: object) -> Report:
     impression, findings_obj = parts["impression"], parts["findings"]
     if not isinstance(impression, str):
         raise ValueError(f"impression is a {type(impression).__name__}, expected a string")
+    checked_text(impression, "impression")
     if not isinstance(findings_obj, dict):
         raise ValueError(f"findings is a {type(findings_obj).__name__}, expected an object")
     findings = {s: "" for s in SECTIONS}
@@ -110,6 +126,7 @@ def report_from_json(obj: object) -> Report:
             raise ValueError(f"findings section {section} given twice")
         if not isinstance(text, str):
             raise ValueError(f"findings section {section} is a {type(text).__name__}, expected a string")
+        checked_text(text, f"findings section {section}")
         seen.add(section)
         findings[section] = nfc(text)
     return Report(impression=nfc(impression), findings=findings)

@@ -20,7 +20,7 @@ from jaxpetct.text.lesion_values import fdg_avid, is_stated, suvmax_value
 from jaxpetct.text.phrasing import (clean_value, describe_lesion, fdg_clause, lesion_location, lesion_name, lower_first,
                                     upper_first)
 from jaxpetct.text.prompts import REGION_PHRASES, Message, image_turn, region_section
-from jaxpetct.text.report import nfc
+from jaxpetct.text.report import checked_text, nfc
 from jaxpetct.errors import UserError
 
 
@@ -65,6 +65,12 @@ def load_vqa_pairs(path: str | os.PathLike, key: Callable[[str], Optional[str]] 
                    if not isinstance(obj.get(k), str) or not obj[k].strip()]
         if missing:
             skipped.append((where, f"missing or empty field(s): {', '.join(missing)}"))
+            continue
+        try:
+            for k in ("patient_id", "question", "answer"):
+                checked_text(obj[k], k)
+        except ValueError as e:
+            skipped.append((where, str(e)))
             continue
         study = key(obj["patient_id"])
         if study is None:

@@ -162,6 +162,14 @@ def test_report_json_round_trip_and_schema_errors():
                 {"Nhận định kết quả": "x", "Impression": "y", "Mô tả hình ảnh": {}}):
         with pytest.raises(ValueError):
             report_from_json(bad)
+    # Valid JSON that is not text: a lone surrogate escape, a NUL (json.loads gives both back as str).
+    lone = json.loads('{"Nhận định kết quả": "ok", "Mô tả hình ảnh": {"Lồng ngực": "Nốt \\udc80 phổi"}}')
+    with pytest.raises(ValueError, match=r"findings section Lồng ngực: character 5 is a lone surrogate \(U\+DC80\)"):
+        report_from_json(lone)
+    with pytest.raises(ValueError, match="impression: character 2 is a NUL character"):
+        report_from_json(json.loads('{"Impression": "a\\u0000b", "Findings": {}}'))
+    paired = json.loads('{"Impression": "\\ud83d\\ude00", "Findings": {}}')  # a valid pair is one character
+    assert report_from_json(paired).impression == "\U0001F600"
 
 
 def test_npz_refuses_pickles_and_checks_crc(tmp_path):

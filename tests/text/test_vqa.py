@@ -57,11 +57,13 @@ def test_bad_lines_are_skipped_with_reasons(tmp_path):
     f.write_text("\n".join([
         json.dumps({"patient_id": "p1", "question": "Có hạch không?", "answer": "Không."}, ensure_ascii=False),
         "{broken", json.dumps([1, 2]), json.dumps({"patient_id": "p2", "question": " ", "answer": "Có."}),
-        "", json.dumps({"patient_id": "p1", "question": "Gan?", "answer": "Bình thường."}, ensure_ascii=False)]))
+        "", json.dumps({"patient_id": "p1", "question": "Gan?", "answer": "Bình thường."}, ensure_ascii=False),
+        json.dumps({"patient_id": "p3", "question": "Gan?", "answer": "Có\ud800."})]))  # a lone surrogate escape
     pairs, skipped = vqa.load_vqa_pairs(f)
     assert [len(v) for v in pairs.values()] == [2]
     assert skipped == [("pairs.jsonl:2", "not valid JSON"), ("pairs.jsonl:3", "not a JSON object"),
-                       ("pairs.jsonl:4", "missing or empty field(s): question")]
+                       ("pairs.jsonl:4", "missing or empty field(s): question"),
+                       ("pairs.jsonl:7", "answer: character 3 is a lone surrogate (U+D800), not Unicode text")]
     pairs, skipped = vqa.load_vqa_pairs(f, key=lambda pid: None if pid == "p1" else pid)
     assert pairs == {} and ("pairs.jsonl:1", "no study in the cohort for this patient id") in skipped
     with pytest.raises(vqa.VQAError, match="missing.jsonl: cannot read"):

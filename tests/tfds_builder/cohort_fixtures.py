@@ -6,6 +6,7 @@ grid, so CT slices are stored without resampling and must come back exactly.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -35,9 +36,10 @@ def build(manual: str, data_dir: str, kind: str, **kw):
 
 
 def corrupt_copy(src: str, dst: str) -> dict:
-    """A copy of the cohort with one truncated CT volume and one manifest row naming a missing PET file.
+    """A copy of the cohort with one truncated CT volume, one manifest row naming a missing PET file, and two reports
+    holding a lone UTF-16 surrogate escape ("\\ud800": valid JSON, not text), one Vietnamese, one English.
 
-    Returns {"truncated": release key, "missing": release key} of the two damaged studies.
+    Returns {"truncated", "missing", "surrogate_vi", "surrogate_en"}: the release keys of the damaged studies.
     """
     shutil.copytree(src, dst)
     with open(os.path.join(dst, "metadata.csv"), encoding="utf-8") as f:
@@ -47,8 +49,17 @@ def corrupt_copy(src: str, dst: str) -> dict:
     with open(ct_path, "r+b") as f:
         f.truncate(os.path.getsize(ct_path) // 2)
     os.remove(os.path.join(dst, second[5]))
+    third, fourth = rows[2].split(","), rows[3].split(",")
+    for row, column in ((third, 7), (fourth, 8)):  # reports/, reports_en/
+        path = os.path.join(dst, row[column])
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+        impression = next(iter(report))
+        report[impression] = report[impression][:5] + "\ud800" + report[impression][5:]
+        with open(path, "w", encoding="ascii") as f:
+            json.dump(report, f)  # ensure_ascii: the surrogate is written as the escape \ud800
     key = lambda r: r[6].replace("/CT/", "/").removesuffix(".npz")  # noqa: E731
-    return {"truncated": key(first), "missing": key(second)}
+    return {"truncated": key(first), "missing": key(second), "surrogate_vi": key(third), "surrogate_en": key(fourth)}
 
 
 # Session fixtures; each tests folder's conftest imports them (one definition, built once per folder's session).

@@ -53,6 +53,9 @@ def test_quarantine_lists_bad_studies_and_the_rest_builds(corrupted, built, tmp_
     assert "/CT/" in truncated["file"] and "NPZ" in truncated["reason"]
     missing = by_study[deid.pseudonymize(damaged["missing"], cf.SALT)]
     assert "/PET/" in missing["file"] and "missing" in missing["reason"]
+    for damage, folder in (("surrogate_vi", "reports/"), ("surrogate_en", "reports_en/")):
+        q = by_study[deid.pseudonymize(damaged[damage], cf.SALT)]
+        assert f"/{folder}" in q["file"] and "lone surrogate (U+D800)" in q["reason"], q
     lost = {}
     for q in summary.quarantined:
         lost[q["split"]] = lost.get(q["split"], 0) + 3
@@ -73,7 +76,7 @@ def test_beam_path_builds_the_same_records_as_the_plain_path(corrupted, tmp_path
     for split in plain.examples:
         a, b = record_set(plain.dataset_dir, split), record_set(beam.dataset_dir, split)
         assert len(a) == plain.examples[split] and a == b, split
-    assert plain.quarantined == beam.quarantined and len(plain.quarantined) == 2
+    assert plain.quarantined == beam.quarantined and len(plain.quarantined) == 4
     assert not glob.glob(os.path.join(beam.dataset_dir, "quarantine-part-*"))
 
 
@@ -132,6 +135,34 @@ def test_bad_manual_dir_gives_one_clear_line(cohort, tmp_path):
     out = _cli("--manual-dir", str(root), "--data-dir", str(tmp_path / "d"), "--no-progress")
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode == 2 and len(lines) == 1 and "metadata.csv is missing" in lines[0]
+    assert not os.path.exists(tmp_path / "d" / "vimed_pet" / "regions" / "1.0.0")
+
+
+def test_a_split_whose_studies_all_fail_gives_one_line(cohort, tmp_path):
+    """Every validation study's report damaged: one line naming the split and a reason, exit 2, no traceback, and
+    nothing published (TFDS cannot write an empty split)."""
+    import json
+    import shutil
+
+    from jaxpetct.studies import release, splits
+
+    root = tmp_path / "manual"
+    shutil.copytree(cohort.root, root)
+    with open(root / "metadata.csv", encoding="utf-8") as f:
+        rows = [line.split(",") for line in f.read().splitlines()[1:] if line]
+    damaged = 0
+    for row in rows:
+        year, month = release.parse_release_path(row[7])[:2]
+        if splits.split_of(year, month) == splits.VALIDATION:
+            report = {"Nhận định kết quả": "x\x00y", "Mô tả hình ảnh": {}}
+            (root / row[7]).write_text(json.dumps(report), encoding="utf-8")
+            damaged += 1
+    assert damaged > 0
+    out = _cli("--manual-dir", str(root), "--data-dir", str(tmp_path / "d"), "--no-progress")
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert len(errors) == 1 and f"split validation: every one of its {damaged} studies was quarantined" in errors[0]
+    assert "NUL character" in errors[0]
     assert not os.path.exists(tmp_path / "d" / "vimed_pet" / "regions" / "1.0.0")
 
 
