@@ -67,7 +67,8 @@ def synth(cfg, workdir: str) -> Optional[dict]:
             log.info("using the existing cohort at %s (not written by this job: left as it is)", root)
             return {"root": root, "reused": True, "n": None}
         raise ConfigError(f"data.manual_dir {root} is not empty and holds no cohort: refusing to write into it")
-    summary = write_cohort(root, wanted["n"], wanted["seed"], size=wanted["size"], overwrite=True)
+    # Compressed NPZ (the release's format allows either; np.load reads both): a third of the disk.
+    summary = write_cohort(root, wanted["n"], wanted["seed"], size=wanted["size"], compress=True, overwrite=True)
     write_text(marker, json.dumps(wanted))
     return {"root": root, "reused": False, **wanted, "summary": str(summary)}
 
