@@ -195,6 +195,15 @@ def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, 
     return volume, headers, files, notes
 
 
+def _codec_hint(ds: Any) -> str:
+    """For compressed pixel data: the transfer syntax (a UID's name, never patient data) and where decoders come from."""
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if uid is None or not getattr(uid, "is_compressed", False):
+        return ""
+    return (f": transfer syntax {uid.name}; pydicom decodes it only with an optional plugin installed "
+            "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm)")
+
+
 def _modality_values(ds: Any, file: str, shape: tuple[int, int]) -> np.ndarray:
     slope = _number(ds, "RescaleSlope", file, 1.0)
     intercept = _number(ds, "RescaleIntercept", file, 0.0)
@@ -202,7 +211,7 @@ def _modality_values(ds: Any, file: str, shape: tuple[int, int]) -> np.ndarray:
         try:
             stored = ds.pixel_array
         except Exception as exc:
-            raise SeriesError(file, f"pixel data unreadable ({type(exc).__name__})") from None
+            raise SeriesError(file, f"pixel data unreadable ({type(exc).__name__}){_codec_hint(ds)}") from None
     if stored.shape != shape:
         raise SeriesError(file, f"pixel data shape {stored.shape} does not match Rows/Columns {shape}")
     values = stored.astype(np.float64) * slope + intercept

@@ -138,3 +138,16 @@ def test_deid_data_colour_ct_refused_without_leaking_its_phi(tmp_path, caplog):
             if len(part) >= 4:
                 assert all(fold(part) not in fold(text) for text in outputs), part
     print(f"deid-data: {len(sources)} files, error: {info.value}")
+
+
+def test_undecodable_compressed_pixels_name_the_transfer_syntax_and_the_plugins():
+    """pydicom's 12-bit JPEG Extended sample: Pillow (installed) cannot decode it, so no plugin here can. The reason
+    names the syntax and what to install, never the file's content."""
+    from jaxpetct.studies.dicom_series import SeriesError, _modality_values
+
+    ds = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
+    with pytest.raises(SeriesError) as err:
+        _modality_values(ds, "study/JPEG-lossy.dcm", (int(ds.Rows), int(ds.Columns)))
+    reason = str(err.value)
+    assert "transfer syntax JPEG Extended (Process 2 and 4)" in reason and "pylibjpeg" in reason
+    assert "Traceback" not in reason and "\n" not in reason
