@@ -330,39 +330,22 @@ def write_cohort(out: str, n: int = 24, seed: int = 0, *, size: str = "tiny", di
     With `salt`, each truth record also carries the `study_id` that ingestion with that salt will give the
     study (otherwise use `truth_by_study_id`); the salt itself is never written.
     """
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}")
-    if n < 1:
-        raise ValueError("n must be >= 1")
+    if size not in SIZES or n < 1:
+        raise ValueError(f"size must be one of {sorted(SIZES)} (got {size!r}) and n >= 1 (got {n})")
     out = os.path.abspath(out)
     if os.path.exists(out) and os.listdir(out) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
-    spec_size = SIZES[size]
-    parent = os.path.dirname(out)
+    spec_size, parent = SIZES[size], os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-
-    def volumes(index: int):
-        """Render and write one study's volumes; numpy and zlib release the GIL, so two threads use two cores."""
-        spec = make_spec(seed, index, spec_size)
-        ct16, pet16 = render(spec, spec_size)
-        npz.write_npz(os.path.join(tmp, spec.rel("CT")), {"data": ct16}, compress=compress)
-        npz.write_npz(os.path.join(tmp, spec.rel("PET")), {"data": pet16}, compress=compress)
-        return spec, (ct16, pet16) if dicom else None
-
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1))
     try:
         rows, truths, counts, total = [], [], {}, 0
-        # In order, at most 8 studies' volumes ahead of the writer: the rest is written as before.
-        done = (spec_vols for start in range(0, n, 8) for spec_vols in pool.map(volumes, range(start, min(n, start + 8))))
-        for spec, vols in done:
-            if dicom:
-                ct16, pet16 = vols
+        for spec, vols in _rendered(tmp, seed, n, spec_size, compress=compress, keep=dicom):
             vi, en = write_reports(spec.facts, spec.variants, phi_header(spec) if phi_canaries else "")
             _write_text(os.path.join(tmp, spec.rel("reports")), _json(report_to_json(vi)))
             _write_text(os.path.join(tmp, spec.rel("reports_en")), _json(report_to_json(en, english=True)))
             if dicom:
-                _write_dicom(tmp, spec, spec_size, ct16, pet16, (vi, en), phi_canaries)
+                _write_dicom(tmp, spec, spec_size, *vols, (vi, en), phi_canaries)
             truth = truth_record(spec, spec_size)
             if salt:
                 truth["study_id"] = pseudonymize(spec.key, salt)
@@ -380,19 +363,29 @@ def write_cohort(out: str, n: int = 24, seed: int = 0, *, size: str = "tiny", di
         _write_text(os.path.join(tmp, TRUTH), "\n".join(truths) + "\n")
         lines = [",".join(release.COLUMNS)] + [",".join(r) for r in rows]
         _write_text(os.path.join(tmp, release.MANIFEST), "\n".join(lines) + "\n")  # last: marks a complete root
+        trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
         if os.path.exists(out):
-            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
             os.replace(out, os.path.join(trash, "old"))
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
     except BaseException:
-        pool.shutdown(cancel_futures=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    pool.shutdown()
     return CohortSummary(out, n, counts, total)
+
+
+def _rendered(tmp: str, seed: int, n: int, size: SizeSpec, *, compress: bool, keep: bool):
+    """(spec, (ct16, pet16) if `keep`) per study in order; volumes written by 2 threads (numpy, zlib free the GIL)."""
+    def volumes(index: int):
+        spec = make_spec(seed, index, size)
+        ct16, pet16 = render(spec, size)
+        npz.write_npz(os.path.join(tmp, spec.rel("CT")), {"data": ct16}, compress=compress)
+        npz.write_npz(os.path.join(tmp, spec.rel("PET")), {"data": pet16}, compress=compress)
+        return spec, ((ct16, pet16) if keep else None)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        for start in range(0, n, 8):
+            yield from pool.map(volumes, range(start, min(n, start + 8)))
 
 
 def read_truth(root: str) -> dict[str, dict]:

@@ -88,14 +88,16 @@ def test_loss_falls_and_a_small_batch_is_overfit(built, tmp_path):
     print("lm_pretrain loss: first", losses[0], "last", losses[-1])
     assert losses[-1] < 0.7 * losses[0]
 
-    # One fixed batch of 4 answers, decoder + projector trained: memorised.
+    # One fixed batch of 4 answers, decoder + projector trained: memorised. At lr 1e-2 the trajectory is chaotic
+    # after a loss spike near step 19: rounding-level changes (the custom-VJP dense layers, equal gradients to 1e-5)
+    # moved step 80's loss from 0.88 to 1.17 on curves that had not flattened; 120 steps leave room.
     model = training.build_stage_model(cfg, "full")
-    spec = StageSpec("full", steps=80, peak_lr=1e-2, warmup_fraction=0.0, log_every=10, save_every=80,
+    spec = StageSpec("full", steps=120, peak_lr=1e-2, warmup_fraction=0.0, log_every=10, save_every=120,
                      best_metric=None, async_checkpoints=False)
     run_stage(model, vlm_answer_loss, spec, train_iter=_fixed_batch_iter(cfg, tmp_path, model), mesh=mesh,
                     workdir=str(tmp_path / "overfit"), progress=False)
     losses = [r["loss"] for r in read_metrics(tmp_path / "overfit" / "metrics.jsonl")]
-    print("overfit loss: first", losses[0], "last", losses[-1])
+    print("overfit loss: first", losses[0], "last", losses[-1], "curve", [round(x, 3) for x in losses[::10]])
     assert losses[-1] < 0.1 * losses[0]
 
 
