@@ -140,3 +140,20 @@ def test_factor_and_time_parsing_units():
     for bad in ("25:00:00", "ab", "1"):
         with pytest.raises(SuvError):
             parse_tm(bad)
+
+
+@pytest.mark.parametrize("weight,dose,match", [
+    (0.06, 3.7e8, "PatientWeight 0.06 kg is outside the plausible 2..350 kg"),  # grams? tonnes? refused
+    (1.9, 3.7e8, "PatientWeight 1.9 kg"), (351.0, 3.7e8, "PatientWeight 351 kg"),
+    (70.0, 370.0, "RadionuclideTotalDose 370 Bq is implausible: it looks like MBq"),
+    (70.0, 9.9e6, "RadionuclideTotalDose 9.9e\\+06 Bq is outside"), (70.0, 5.1e9, "RadionuclideTotalDose 5.1e\\+09 Bq"),
+    (70.0, 5001.0, "RadionuclideTotalDose 5001 Bq is outside")])
+def test_implausible_weight_and_dose_are_refused_with_the_number(weight, dose, match):
+    admin = PetDose("BQML", "ADMIN", weight, dose, None, None, None)
+    with pytest.raises(SuvError, match=match):
+        suvbw_factor(admin)
+
+
+@pytest.mark.parametrize("weight,dose", [(2.0, 1.0e7), (350.0, 5.0e9), (3.5, 2.6e7), (70.0, 3.7e8)])
+def test_the_bounds_themselves_and_typical_studies_pass(weight, dose):
+    assert suvbw_factor(PetDose("BQML", "ADMIN", weight, dose, None, None, None)) == pytest.approx(weight * 1e3 / dose)
