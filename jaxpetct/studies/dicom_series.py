@@ -205,8 +205,16 @@ def _codec_hint(ds: Any) -> str:
 
 
 def _modality_values(ds: Any, file: str, shape: tuple[int, int]) -> np.ndarray:
-    slope = _number(ds, "RescaleSlope", file, 1.0)
-    intercept = _number(ds, "RescaleIntercept", file, 0.0)
+    # Type 1 in the CT and PET Image modules (PS3.3 C.8.2.1, C.8.9.4): without them the stored integers are not HU
+    # or activity (a CT read so had its air at +13 "HU"). Refused per slice, never defaulted to 1 and 0.
+    slope = _number(ds, "RescaleSlope", file)
+    intercept = _number(ds, "RescaleIntercept", file)
+    for keyword, value in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+        if value is None:
+            raise SeriesError(file, f"{keyword} is missing or empty (required for CT and PET): the stored values "
+                                    "cannot be turned into HU or activity")
+    if slope == 0.0:
+        raise SeriesError(file, "RescaleSlope is 0: every voxel would read the intercept")
     with quiet():
         try:
             stored = ds.pixel_array

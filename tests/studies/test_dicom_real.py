@@ -146,8 +146,26 @@ def test_undecodable_compressed_pixels_name_the_transfer_syntax_and_the_plugins(
     from jaxpetct.studies.dicom_series import SeriesError, _modality_values
 
     ds = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0  # the NM sample has none; CT and PET must (tested below)
     with pytest.raises(SeriesError) as err:
         _modality_values(ds, "study/JPEG-lossy.dcm", (int(ds.Rows), int(ds.Columns)))
     reason = str(err.value)
     assert "transfer syntax JPEG Extended (Process 2 and 4)" in reason and "pylibjpeg" in reason
     assert "Traceback" not in reason and "\n" not in reason
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda ds: delattr(ds, "RescaleIntercept"), "RescaleIntercept is missing or empty"),
+    (lambda ds: setattr(ds, "RescaleIntercept", ""), "RescaleIntercept is missing or empty"),
+    (lambda ds: delattr(ds, "RescaleSlope"), "RescaleSlope is missing or empty"),
+    (lambda ds: setattr(ds, "RescaleSlope", 0), "RescaleSlope is 0")])
+def test_a_ct_slice_without_its_rescale_is_refused_not_read_as_raw_values(edit, match):
+    """pydicom's CT_small with its Type 1 rescale removed: read as raw stored values its darkest voxel would be +128 "HU", not -896."""
+    from jaxpetct.studies.dicom_series import SeriesError, _modality_values
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    shape = (int(ds.Rows), int(ds.Columns))
+    assert _modality_values(pydicom.dcmread(get_testdata_file("CT_small.dcm")), "f.dcm", shape).min() < -500
+    edit(ds)
+    with pytest.raises(SeriesError, match=match):
+        _modality_values(ds, "study/CT_small.dcm", shape)
