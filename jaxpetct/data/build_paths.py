@@ -9,7 +9,6 @@ so an interrupted build leaves neither records nor a quarantine file visible.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from typing import Iterable, Iterator
 
 from jaxpetct.data.examples import process
 from jaxpetct.data.plan import BuildOptions, CohortError, WorkItem
+from jaxpetct.threads import ordered_map
 
 QUARANTINE = "quarantine.jsonl"
 NOTES = "build_notes.json"
@@ -36,7 +36,7 @@ def plain_examples(items: Iterable[WorkItem], options: BuildOptions, quarantine:
     from tqdm.auto import tqdm
 
     items = list(items)
-    written, failed = 0, []
+    written, first = 0, None
     for outputs in tqdm(_processed(items, options), total=len(items), desc=desc or "studies", unit="study",
                         disable=not progress, file=sys.stderr):
         for tag, value in outputs:
@@ -45,12 +45,11 @@ def plain_examples(items: Iterable[WorkItem], options: BuildOptions, quarantine:
                 yield value
             else:
                 quarantine.append(value)
-                failed.append(value)
+                first = first or value
                 log.warning("quarantined %s (%s): %s: %s", value["study"], value["split"], value["file"],
                             value["reason"])
     if items and not written:
         # TFDS cannot write an empty split (its AssertionError would be all the user sees): one line instead.
-        first = failed[0] if failed else None
         raise EmptySplitError(
             f"split {items[0].split}: every one of its {len(items)} studies was quarantined, so there is nothing to "
             f"write (the build stops before publishing any split; each study's reason is in the log above"
@@ -63,11 +62,8 @@ def _processed(items: list, options: BuildOptions, ahead: int = 8) -> Iterator:
     in 32 s instead of 38 s). At most `ahead` studies' records wait in memory. Slices stay one at a time: a study's
     slices are yielded as they are made, never all held."""
     if options.spec.kind == "slices" or len(items) < 2:
-        yield from (process(item, options) for item in items)
-        return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        for start in range(0, len(items), ahead):
-            yield from pool.map(lambda item: list(process(item, options)), items[start:start + ahead])
+        return (process(item, options) for item in items)
+    return ordered_map(lambda item: list(process(item, options)), items, ahead=ahead)
 
 
 def _worker_path() -> None:

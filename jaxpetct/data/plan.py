@@ -22,9 +22,9 @@ import numpy as np
 from jaxpetct.data.records import RecordSpec
 from jaxpetct.errors import UserError
 from jaxpetct.studies import cohort, splits
-from jaxpetct.text.report import checked_text
 from jaxpetct.studies.deid import scrub_text
 from jaxpetct.studies.study import StudyError
+from jaxpetct.text.report import checked_text
 from jaxpetct.text.vqa import QAPair, VQAError, load_vqa_pairs
 
 TEST_EXPERT = "test_expert"

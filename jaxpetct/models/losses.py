@@ -71,7 +71,7 @@ def _ce_sum(h, weight, targets, weights, block):
     return _loss_and_grads(h, weight, targets, weights, block, False, False)[0]
 
 
-def _ce_fwd(block, h, weight, targets, weights):
+def _ce_fwd(h, weight, targets, weights, block):
     # symbolic_zeros: each argument arrives as CustomVJPPrimal(value, perturbed).
     need_h, need_w = h.perturbed, weight.perturbed
     h, weight, targets, weights = h.value, weight.value, targets.value, weights.value
@@ -85,11 +85,7 @@ def _ce_bwd(block, res, g):
             None, None)
 
 
-def _fwd_entry(h, weight, targets, weights, block):
-    return _ce_fwd(block, h, weight, targets, weights)
-
-
-_ce_sum.defvjp(_fwd_entry, _ce_bwd, symbolic_zeros=True)
+_ce_sum.defvjp(_ce_fwd, _ce_bwd, symbolic_zeros=True)
 
 
 def chunked_cross_entropy(hidden: jax.Array, weight: jax.Array, targets: jax.Array, weights: jax.Array,

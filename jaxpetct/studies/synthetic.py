@@ -14,7 +14,6 @@ Identical seeds give byte-identical files (NPZ members carry fixed timestamps).
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import datetime as dt
 import json
@@ -31,6 +30,7 @@ from jaxpetct.studies.deid import pseudonymize
 from jaxpetct.studies.synthetic_reports import SITES, LesionFact, write_reports
 from jaxpetct.text.report import report_to_json
 from jaxpetct.atomic import open_atomic
+from jaxpetct.threads import ordered_map
 
 TRUTH = "synthetic_truth.jsonl"
 SCAN_FRACTION = 0.60  # vertex to mid-thigh, as a fraction of height
@@ -383,9 +383,7 @@ def _rendered(tmp: str, seed: int, n: int, size: SizeSpec, *, compress: bool, ke
         npz.write_npz(os.path.join(tmp, spec.rel("PET")), {"data": pet16}, compress=compress)
         return spec, ((ct16, pet16) if keep else None)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        for start in range(0, n, 8):
-            yield from pool.map(volumes, range(start, min(n, start + 8)))
+    return ordered_map(volumes, range(n))
 
 
 def read_truth(root: str) -> dict[str, dict]:
