@@ -18,14 +18,15 @@ from typing import Optional
 
 import numpy as np
 
-from jaxpetct.studies import cohort, regions
+from jaxpetct.studies import cohort, physics, regions
 from jaxpetct.studies.study import Study, StudyError
 from jaxpetct.text.report import IMPRESSION_KEY, SECTIONS
 from jaxpetct.errors import UserError, one_line
 from jaxpetct.studies.deid import is_synthetic_cohort, resolve_salt
 
-HU_RANGE = (-1100.0, 4000.0)  # outside this a CT is padded oddly, holds metal, or is not in HU
-MAX_PLAUSIBLE_SUV = 100.0
+# Unusual but not refused (the refusals are physics.BOUNDS, applied while the study is read): a CT padded oddly or
+# holding metal, a PET hotter than SUV 100 or with negative values.
+HU_RANGE, USUAL_SUV_MAX = physics.USUAL["hu"], physics.USUAL["suv_max"]
 
 
 class InspectError(UserError):
@@ -76,7 +77,7 @@ def summarize(study: Study, problems: list[str], config: regions.RegionConfig = 
     suv_max = pet_max if study.pet.units == "SUVbw" else None
     if study.pet.units != "SUVbw":
         problems.append(f"PET units are {study.pet.units}: no SUV can be given")
-    elif suv_max is not None and (suv_max > MAX_PLAUSIBLE_SUV or pet_min < -1e-3 or suv_max <= 0):
+    elif suv_max is not None and (suv_max > USUAL_SUV_MAX or pet_min < -1e-3 or suv_max <= 0):
         problems.append(f"PET SUV spans {pet_min:g}..{suv_max:g}: implausible")
     try:
         split = regions.split_study(study, config)

@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from jaxpetct.studies import physics
 from jaxpetct.studies.deid import Scrubber
 from jaxpetct.studies.dicom_scan import (DicomSeriesRef, DicomStudyList, DicomStudyRef, Skipped, describe,
                                          find_dicom_studies, phi_values, quiet, read_dataset)
@@ -210,8 +211,12 @@ def load_dicom_study(ref: DicomStudyRef, *, salt: str, report: Optional[Report] 
 def _load(ref: DicomStudyRef, salt: str, report: Optional[Report],
           report_en: Optional[Report]) -> tuple[Study, list[str]]:
     ctx = _open(ref, salt)
-    ct, ct_headers, ct_notes, _ = _pick(ctx, "CT")
+    ct, ct_headers, ct_notes, ct_series = _pick(ctx, "CT")
     pet, pet_headers, pet_notes, pet_series = _pick(ctx, "PT")
+    try:
+        physics.check_volumes(ct, pet)
+    except physics.PhysicsError as e:
+        raise ctx.error((ct_series if e.modality == "CT" else pet_series).files[0], e.reason) from None
     try:
         return _assemble(ctx, ct, ct_headers, pet, pet_headers, pet_series, ct_notes + pet_notes, report, report_en)
     except StudyError:

@@ -38,7 +38,7 @@ from typing import Optional
 
 import numpy as np
 
-from jaxpetct.studies import deid, npz
+from jaxpetct.studies import deid, npz, physics
 from jaxpetct.studies.study import Metadata, Study, StudyError, Volume
 from jaxpetct.text.report import Report, report_from_json
 
@@ -327,5 +327,10 @@ def read_release_study(ref: ReleaseRef, *, salt: str) -> Study:
     enc = ref.encoding
     meta = Metadata(sex=ref.sex, age_years=None, height_m=ref.height_m, weight_kg=ref.weight_kg,
                     year=ref.year, month=ref.month)
-    return Study(study_id=sid, ct=_volume(ct, enc.ct, enc.slice_order), pet=_volume(pet, enc.pet, enc.slice_order),
-                 metadata=meta, report=report, report_en=report_en, source="release")
+    ct_vol, pet_vol = _volume(ct, enc.ct, enc.slice_order), _volume(pet, enc.pet, enc.slice_order)
+    try:
+        physics.check_volumes(ct_vol, pet_vol)
+    except physics.PhysicsError as e:
+        raise StudyError(sid, ref.ct_path if e.modality == "CT" else ref.pet_path, e.reason) from None
+    return Study(study_id=sid, ct=ct_vol, pet=pet_vol, metadata=meta, report=report, report_en=report_en,
+                 source="release")

@@ -27,17 +27,11 @@ import math
 import re
 from typing import Any, Optional, Sequence
 from jaxpetct.errors import UserError
+from jaxpetct.studies.physics import BOUNDS
 
 F18_HALF_LIFE_S = 6586.2  # 109.77 min
 SUPPORTED_DECAY_CORRECTIONS = ("START", "ADMIN")
-MAX_UPTAKE_HALF_LIVES = 10.0
-# Plausible header values, outside which SUVbw would be off by orders of magnitude (the study is refused, not fixed:
-# a guessed unit that is wrong would corrupt training silently). PatientWeight (kg, DICOM PS3.3 C.7.1.3): a
-# newborn's ~2 kg to past the ~230-300 kg limit of PET/CT tables. RadionuclideTotalDose (Bq, PS3.3 C.8.9.1): the
-# lowest paediatric activities of the EANM dosage card (~14 MBq minimum for FDG) to past cardiac Rb-82's ~2.2 GBq;
-# adult FDG is ~150-750 MBq (EANM 2015: 2-3.5 MBq/kg). A dose of 10-5,000 is that many MBq written as Bq.
-WEIGHT_KG_RANGE = (2.0, 350.0)
-DOSE_BQ_RANGE = (1.0e7, 5.0e9)
+MAX_UPTAKE_HALF_LIVES = BOUNDS["uptake_half_lives"].high
 _NO_DATE = dt.date(2000, 1, 1)  # stands in when a header carries times of day but no dates
 
 
@@ -76,17 +70,17 @@ def suvbw_factor(dose: PetDose) -> float:
         return 1.0
     if units != "BQML":
         raise SuvError(f"PET Units {units or 'missing'} cannot be converted to SUVbw (supported: BQML, GML)")
-    weight = _plausible(_positive(dose.weight_kg, "PatientWeight (kg)"), WEIGHT_KG_RANGE, "PatientWeight", "kg")
+    weight = _plausible(_positive(dose.weight_kg, "PatientWeight (kg)"), "weight")
     total = _positive(dose.injected_dose_bq, "RadionuclideTotalDose (Bq)")
-    if 10.0 <= total <= 5000.0:
+    if 10.0 <= total <= 5000.0:  # that many MBq written as Bq: refused, not corrected (see physics.py)
         raise SuvError(f"RadionuclideTotalDose {total:g} Bq is implausible: it looks like MBq (the DICOM unit is Bq); "
                        "SUVbw would be a million times too large")
-    total = _plausible(total, DOSE_BQ_RANGE, "RadionuclideTotalDose", "Bq")
+    total = _plausible(total, "dose")
     mode = (dose.decay_correction or "").upper()
     if mode == "ADMIN":
         ref_dose = total
     elif mode == "START":
-        half_life = _positive(dose.half_life_s, "RadionuclideHalfLife (s)")
+        half_life = _plausible(_positive(dose.half_life_s, "RadionuclideHalfLife (s)"), "half_life")
         uptake = dose.uptake_s
         if uptake is None:
             raise SuvError("DecayCorrection START needs the injection time and the series time, one is missing")
@@ -107,11 +101,11 @@ def bqml_factor(dose: PetDose) -> float:
     return 1.0 / suvbw_factor(dose)
 
 
-def _plausible(value: float, bounds: tuple[float, float], name: str, unit: str) -> float:
+def _plausible(value: float, key: str) -> float:
     """Header numbers are not identifiers (the weight is quoted so the user can find the error)."""
-    if not bounds[0] <= value <= bounds[1]:
-        raise SuvError(f"{name} {value:g} {unit} is outside the plausible {bounds[0]:g}..{bounds[1]:g} {unit}: "
-                       "SUVbw would be wrong by the same factor")
+    bound = BOUNDS[key]
+    if not bound.holds(value):
+        raise SuvError(f"{bound.describe(value)}: SUVbw would be wrong by the same factor")
     return value
 
 

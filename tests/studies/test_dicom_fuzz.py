@@ -1,5 +1,5 @@
-"""Seeded fuzz: 228 studies in one folder, 204 of them damaged in 17 ways (truncated files, garbage bytes,
-deleted tags, duplicated positions, gaps, tilts, wrong units...).
+"""Seeded fuzz: 252 studies in one folder, 228 of them damaged in 19 ways (truncated files, garbage bytes,
+deleted tags, duplicated positions, gaps, tilts, wrong units, values outside the physics gate...).
 
 Properties: nothing but StudyError ever escapes (zero crashes); every damaged study is reported, by a StudyError
 naming its pseudonym (with the expected reason where the damage determines it) or by its damaged file in the
@@ -16,7 +16,7 @@ from jaxpetct.studies.resample import resample_to_grid
 
 from tests.studies import test_dicom_support as sup
 
-N_DAMAGED = 204  # 12 of each of the 17 damaging kinds
+N_DAMAGED = 228  # 12 of each of the 19 damaging kinds
 N_GOOD = 24
 
 

@@ -125,6 +125,16 @@ def missing_rescale(written, rng):
     return [victim]
 
 
+def ct_not_rescaled(written, rng):
+    """Stored values read as if already HU: the intercept dropped from every CT slice (air lands near 0)."""
+    return _edit_all(written.ct_files, lambda ds: setattr(ds, "RescaleIntercept", "1024"))
+
+
+def pet_scaled_down(written, rng):
+    """Every PET slope 10^4 too small: what kBq/ml labelled Bq/ml, or grams as kg, does to SUV."""
+    return _edit_all(written.pet_files, lambda ds: setattr(ds, "RescaleSlope", f"{float(ds.RescaleSlope) * 1e-4:.6g}"))
+
+
 def _pet_tag(key, value):
     def corrupt(written, rng):
         def fn(ds):
@@ -207,6 +217,8 @@ BAD = {  # name: (corruption, substring(s) of the reason, or None when it depend
     "mixed_orientation": (mixed_orientation, "mixed series: ImageOrientationPatient"),
     "missing_tag": (missing_tag, None),
     "missing_rescale": (missing_rescale, "mixed series: RescaleSlope"),
+    "ct_not_rescaled": (ct_not_rescaled, "lowest CT value"),
+    "pet_scaled_down": (pet_scaled_down, "PET SUVmax"),
     "units_cnts": (_pet_tag("Units", "CNTS"), "Units CNTS"),
     "decay_none": (_pet_tag("DecayCorrection", "NONE"), "DecayCorrection NONE"),
     "no_dose": (_pet_tag("RadionuclideTotalDose", None), "RadionuclideTotalDose"),

@@ -111,7 +111,8 @@ def test_default_encoding_is_nominal_geometry_and_raw_pet(tmp_path, compressed):
 
 
 def test_encoding_json_scales_and_validates(tmp_path):
-    ct = np.zeros((3, 4, 4), np.int16)
+    ct = np.full((3, 4, 4), -1000, np.int16)  # air, and bone: what the physics gate asks of a CT
+    ct[1, 1:3, 1:3] = 400
     pet = np.full((3, 2, 2), 1234, np.int16)
     enc = {"version": 1, "slice_order": "feet_first", "ct": {"units": "HU"},
            "pet": {"units": "SUVbw", "scale": 0.001, "offset": 0.0, "spacing_mm": [2.0, 4.0, 4.0]}}
