@@ -11,6 +11,7 @@ The DICOM reader scrubs them with the study's own identifying header values.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -39,6 +40,9 @@ class StudyRef:
     # hospital folder names may carry a patient's name
     report_path: str = dataclasses.field(default="", repr=False)
     report_en_path: str = dataclasses.field(default="", repr=False)
+    # DICOM only: for files without a CT+PET pair of their own inside another study's folder, that study (whose
+    # identifiers may name the folder, so they scrub this study's error paths too)
+    stray_in: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def problem(self) -> Optional[str]:
@@ -126,15 +130,41 @@ def _sidecars(root: str, folder: str, others: list[str]) -> tuple[str, str]:
         folder = posixpath.dirname(folder)
 
 
+def _inside(folder: str, other: str) -> bool:
+    return other == "" or folder == other or folder.startswith(other + "/")
+
+
+def _study_folders(found) -> list[str]:
+    """Each study's folder, from the directories where it has more files than any other study: a file copied into
+    another study's folder must not widen its own study's folder to the common parent of both."""
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for n, d in enumerate(found):
+        for f in d.files:
+            counts[posixpath.dirname(f)][n] += 1
+    owner = {}
+    for folder, per_study in counts.items():
+        (first, c1), *rest = per_study.most_common(2)
+        if not rest or c1 > rest[0][1]:
+            owner[folder] = first
+    return [_study_folder(tuple(f for f in d.files if owner.get(posixpath.dirname(f)) == n) or d.files)
+            for n, d in enumerate(found)]
+
+
 def _dicom_refs(root: str) -> StudyList:
     found = _dicom().find_dicom_studies(root)
-    folders = [_study_folder(d.files) for d in found]
+    folders = _study_folders(found)
+    # Only a study with both a CT and a PET series claims its folder: a file of another study dropped in by
+    # mistake must not cost the study around it its report (it is refused as a stray instead).
+    paired = [{"CT", "PT"} <= {s.modality for s in d.series} for d in found]
     refs = []
     for n, (d, folder) in enumerate(zip(found, folders)):
-        report, report_en = _sidecars(root, folder, folders[:n] + folders[n + 1:])
+        claims = [f for m, (f, p) in enumerate(zip(folders, paired)) if p and m != n]
+        report, report_en = _sidecars(root, folder, claims)
         year, month = _year_month(d)
+        hosts = [] if paired[n] else [found[m] for m, (f, p) in enumerate(zip(folders, paired))
+                                      if p and m != n and (_inside(folder, f) or _inside(f, folder))]
         refs.append(StudyRef("dicom", f"dicom#{d.index}", year, month, dicom=d, report_path=report,
-                             report_en_path=report_en))
+                             report_en_path=report_en, stray_in=hosts[0] if hosts else None))
     sidecars = {p for r in refs for p in (r.report_path, r.report_en_path) if p}
     return StudyList(refs, [Skipped("-", s.file, s.reason) for s in getattr(found, "skipped", [])
                             if s.file not in sidecars])
@@ -158,6 +188,15 @@ def study_id(ref: StudyRef, salt: str) -> str:
     return deid.pseudonymize(ref.key, salt)
 
 
+def _host_phi(d) -> set:
+    try:
+        from jaxpetct.studies.dicom_scan import phi_values
+
+        return phi_values(_first_header(d))
+    except Exception:  # noqa: BLE001 - without a header, fall back to pattern scrubbing only
+        return set()
+
+
 def _sidecar(ref: StudyRef, rel: str, salt: str) -> Optional[Report]:
     if not rel:
         return None
@@ -167,13 +206,7 @@ def _sidecar(ref: StudyRef, rel: str, salt: str) -> Optional[Report]:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         # JSON/schema messages give positions and key numbers only, never file content; the path is scrubbed
         # with the study's own identifying values (folders are often named after the patient)
-        try:
-            from jaxpetct.studies.dicom_scan import phi_values
-
-            phi = phi_values(_first_header(ref.dicom))
-        except Exception:  # noqa: BLE001 - without a header, fall back to pattern scrubbing only
-            phi = set()
-        raise StudyError(study_id(ref, salt), deid.scrub_text(rel, phi),
+        raise StudyError(study_id(ref, salt), deid.scrub_text(rel, _host_phi(ref.dicom)),
                          f"not a valid report ({type(e).__name__}: {e})") from None
 
 
@@ -183,7 +216,16 @@ def load_study_with_notes(ref: StudyRef, *, salt: str) -> tuple[Study, list[str]
         return release.read_release_study(ref.release, salt=salt), []
     if ref.dicom is not None:
         report, report_en = _sidecar(ref, ref.report_path, salt), _sidecar(ref, ref.report_en_path, salt)
-        return _dicom().load_dicom_study(ref.dicom, salt=salt, report=report, report_en=report_en)
+        try:
+            return _dicom().load_dicom_study(ref.dicom, salt=salt, report=report, report_en=report_en)
+        except StudyError as e:
+            if ref.stray_in is None:
+                raise
+            files = ref.dicom.files  # named afresh: scrubbed with both studies' identifiers in one pass
+            rel = files[0] if len(files) == 1 else posixpath.commonpath(files)
+            raise StudyError(e.study, deid.scrub_text(rel, _host_phi(ref.dicom) | _host_phi(ref.stray_in)),
+                             f"stray DICOM file(s) of another study (a StudyInstanceUID of their own inside a CT+PET "
+                             f"study's folder): {e.reason}") from None
     raise StudyError(study_id(ref, salt), "-", "reference has neither a release row nor a DICOM study")
 
 

@@ -118,3 +118,28 @@ def test_truth_can_carry_study_ids(tmp_path):
     assert SALT not in text
     ids = {json.loads(line)["study_id"] for line in text.splitlines()}
     assert ids == {s.study_id for s in cohort.iter_studies(cohort.list_studies(str(tmp_path / "c")), salt=SALT)}
+
+
+def test_stray_files_cost_no_study_its_report(canary_cohort, tmp_path):
+    """Two mistakes seen in hospital exports: a copy of one study's slice dropped into another study's folder, and
+    a file of a study outside the cohort (its own StudyInstanceUID, no CT+PET pair) dropped in the same way."""
+    import pydicom
+
+    root = tmp_path / "dicom"
+    shutil.copytree(canary_cohort / "dicom", root)
+    host = next(d for d in (root / "study_0000").iterdir() if d.is_dir())
+    other_pet = next(f for f in sorted((root / "study_0002").rglob("PT*.dcm")))
+    shutil.copy(other_pet, host / "PET" / "PT9000.dcm")  # a duplicate instance of study 2, in study 0's folder
+    outsider = host / "CT" / "CT9000.dcm"
+    ds = pydicom.dcmread(next(f for f in sorted((root / "study_0001").rglob("*")) if f.is_file() and "CT" in str(f)
+                              and not f.name.endswith(".json")))
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.99999"
+    ds.save_as(outsider)
+    refs = cohort.list_studies(str(root))
+    walk = cohort.iter_studies(refs, salt=SALT)
+    studies = list(walk)
+    assert len(refs) == 4 and len(studies) == 3
+    assert all(s.report is not None and s.report_en is not None for s in studies)
+    [skip] = walk.skipped
+    assert skip.reason.startswith("stray DICOM file(s) of another study") and skip.file.endswith("CT/CT9000.dcm")
+    assert not _leaks(f"{skip.file} {skip.reason}", _canaries(3))  # the patient-named folder is scrubbed
