@@ -196,12 +196,21 @@ def build_volume(items: Sequence[tuple[str, Any]], units: str) -> tuple[Volume, 
 
 
 def _codec_hint(ds: Any) -> str:
-    """For compressed pixel data: the transfer syntax (a UID's name, never patient data) and where decoders come from."""
+    """For compressed pixel data: the transfer syntax (a UID's name, never patient data), and either where decoders
+    come from or that the installed ones failed (a damaged stream, or a variant they do not handle)."""
     uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if uid is None or not getattr(uid, "is_compressed", False):
         return ""
-    return (f": transfer syntax {uid.name}; pydicom decodes it only with an optional plugin installed "
-            "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm)")
+    try:
+        from pydicom.pixels import get_decoder
+
+        installed = get_decoder(uid).is_available
+    except (ImportError, NotImplementedError, ValueError):  # no decoder class at all for this syntax
+        installed = False
+    if installed:
+        return f": transfer syntax {uid.name}; the installed decoders could not decode it (damaged or unsupported)"
+    return (f": transfer syntax {uid.name}; no decoder for it is installed (pip install 'jaxpetct[dicom-codecs]', "
+            "i.e. pylibjpeg with pylibjpeg-libjpeg and pylibjpeg-openjpeg, or python-gdcm)")
 
 
 def _modality_values(ds: Any, file: str, shape: tuple[int, int]) -> np.ndarray:
