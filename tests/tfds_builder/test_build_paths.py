@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from jaxpetct.data import build_paths
 from jaxpetct.data.pipeline import dataset_dir
 from jaxpetct.studies import deid
 from tests.tfds_builder import cohort_fixtures as cf
@@ -164,6 +165,9 @@ def test_a_split_whose_studies_all_fail_gives_one_line(cohort, tmp_path):
     assert len(errors) == 1 and f"split validation: every one of its {damaged} studies was quarantined" in errors[0]
     assert "NUL character" in errors[0]
     assert not os.path.exists(tmp_path / "d" / "vimed_pet" / "regions" / "1.0.0")
+    listed = tmp_path / "d" / "vimed_pet" / "regions" / "quarantine.jsonl"  # named in the line, beside the dataset
+    assert errors[0].endswith(f"all {damaged} quarantined studies: {listed}")
+    assert len(build_paths.read_quarantine(str(listed.parent))) == damaged
 
 
 NO_TF_SCRIPT = """

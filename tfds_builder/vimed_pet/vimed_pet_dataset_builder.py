@@ -11,6 +11,7 @@ runner (as `--beam_pipeline_options` does), or when the builder is made with `be
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -122,7 +123,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         auto = download_config.beam_runner is not None or download_config.beam_options is not None
         self._use_beam = auto if self._beam is None else self._beam
         self._quarantine = []
-        super()._download_and_prepare(dl_manager, download_config)
+        try:
+            super()._download_and_prepare(dl_manager, download_config)
+        except (build_paths.EmptySplitError, AssertionError) as e:
+            if not isinstance(e, build_paths.EmptySplitError) and "No examples were yielded" not in str(e):
+                raise
+            # Nothing is published; the reasons go beside where the dataset would have been.
+            records = build_paths.write_quarantine(str(self.data_dir), self._quarantine)  # merges Beam's parts
+            beside = os.path.dirname(os.path.normpath(str(self.data_dir)))
+            build_paths.write_quarantine(beside, records)
+            first = str(e) if isinstance(e, build_paths.EmptySplitError) else "a split: every study was quarantined"
+            raise build_paths.EmptySplitError(
+                f"{first}; all {len(records)} quarantined studies: {os.path.join(beside, build_paths.QUARANTINE)}"
+            ) from None
         found = build_paths.write_quarantine(str(self.data_dir), self._quarantine)
         self._notes["quarantined"] = len(found)
         self._notes["path"] = "beam" if self._use_beam else "plain"
