@@ -170,6 +170,29 @@ def test_a_split_whose_studies_all_fail_gives_one_line(cohort, tmp_path):
     assert len(build_paths.read_quarantine(str(listed.parent))) == damaged
 
 
+@pytest.mark.integration
+def test_beam_path_turns_an_empty_split_into_the_same_one_line(cohort, tmp_path):
+    """TFDS's Beam writer raises its own ValueError (wrapped by Beam) for an empty split: the same one line comes
+    out, and since the pipeline stopped before its quarantine parts were written, it says where to get them."""
+    import json
+    import shutil
+
+    from jaxpetct.studies import release, splits
+
+    root = tmp_path / "manual"
+    shutil.copytree(cohort.root, root)
+    with open(root / "metadata.csv", encoding="utf-8") as f:
+        rows = [line.split(",") for line in f.read().splitlines()[1:] if line]
+    for row in rows:
+        if splits.split_of(*release.parse_release_path(row[7])[:2]) == splits.VALIDATION:
+            (root / row[7]).write_text(json.dumps({"Nhận định kết quả": "\ud800", "Mô tả hình ảnh": {}}), "utf-8")
+    with pytest.raises(build_paths.EmptySplitError, match=r"^split validation: every one of its studies .* the plain "
+                                                          r"path \(without --beam\) writes every reason"):
+        cf.build(str(root), str(tmp_path / "d"), "regions", beam=True,
+                 beam_options="runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing")
+    assert not os.path.exists(tmp_path / "d" / "vimed_pet" / "regions_16x32x32" / "1.0.0")
+
+
 NO_TF_SCRIPT = """
 import importlib.util, sys
 assert importlib.util.find_spec("tensorflow") is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -71,6 +72,19 @@ def _configs() -> list[VimedPetConfig]:
     return out
 
 
+def _empty_split(exc: BaseException) -> Optional[str]:
+    """The one-line reason when `exc` is a split without examples: ours (plain path) or TFDS's (Beam path, where
+    the ValueError arrives wrapped in Beam's RuntimeError, after Beam's workers logged their own traceback of it);
+    None for anything else."""
+    if isinstance(exc, build_paths.EmptySplitError):
+        return str(exc)
+    found = re.search(r"generated examples is 0 for split (\w+)", str(exc))
+    if found is None:
+        return None
+    return (f"split {found.group(1)}: every one of its studies was quarantined, so there is nothing to write (the "
+            "build stops before publishing any split)")
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """ViMed-PET (arXiv 2509.24739) PET/CT + Vietnamese report records, read from a manual dir."""
 
@@ -125,21 +139,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self._quarantine = []
         try:
             super()._download_and_prepare(dl_manager, download_config)
-        except (build_paths.EmptySplitError, AssertionError) as e:
-            if not isinstance(e, build_paths.EmptySplitError) and "No examples were yielded" not in str(e):
+        except Exception as e:  # noqa: BLE001 - only TFDS's empty-split errors are turned into the one line
+            empty = _empty_split(e)
+            if empty is None:
                 raise
-            # Nothing is published; the reasons go beside where the dataset would have been.
-            records = build_paths.write_quarantine(str(self.data_dir), self._quarantine)  # merges Beam's parts
-            beside = os.path.dirname(os.path.normpath(str(self.data_dir)))
-            build_paths.write_quarantine(beside, records)
-            first = str(e) if isinstance(e, build_paths.EmptySplitError) else "a split: every study was quarantined"
-            raise build_paths.EmptySplitError(
-                f"{first}; all {len(records)} quarantined studies: {os.path.join(beside, build_paths.QUARANTINE)}"
-            ) from None
+            raise build_paths.EmptySplitError(f"{empty}; {self._quarantine_beside()}") from None
         found = build_paths.write_quarantine(str(self.data_dir), self._quarantine)
         self._notes["quarantined"] = len(found)
         self._notes["path"] = "beam" if self._use_beam else "plain"
         build_paths.write_notes(str(self.data_dir), self._notes)
+
+    def _quarantine_beside(self) -> str:
+        """Nothing is published; the reasons go beside where the dataset would have been."""
+        records = build_paths.write_quarantine(str(self.data_dir), self._quarantine)  # merges Beam's parts
+        if self._use_beam and not records:
+            return ("the Beam pipeline stopped before its quarantine parts were written: the plain path (without "
+                    "--beam) writes every reason to quarantine.jsonl")
+        beside = os.path.dirname(os.path.normpath(str(self.data_dir)))
+        build_paths.write_quarantine(beside, records)
+        return f"all {len(records)} quarantined studies: {os.path.join(beside, build_paths.QUARANTINE)}"
 
     def _split_generators(self, dl_manager):
         try:
