@@ -126,6 +126,11 @@ def read_lesions(root: str, refs, notes: list) -> dict[str, LesionList]:
             if not isinstance(rec, dict) or not isinstance(rec.get("lesions"), list) or "key" not in rec:
                 notes.append(f"{TRUTH}:{n}: not a truth record")
                 continue
+            try:  # exact synthetic truth, so checked but never scrubbed
+                checked_text(json.dumps(rec, ensure_ascii=False), "the truth record")
+            except ValueError as e:
+                notes.append(f"{TRUTH}:{n}: lesion list left out: {e}")
+                continue
             by_section: dict[str, list] = {}
             for les in rec["lesions"]:
                 by_section.setdefault(les.get("section", ""), []).append(les["lesion"])
@@ -151,10 +156,14 @@ def read_lesions(root: str, refs, notes: list) -> dict[str, LesionList]:
         for name in sorted(os.listdir(folder)):
             try:
                 key = by_release.get(splits.parse_expert_name(name))
+            except ValueError:
+                continue  # read_expert_set reports badly named files
+            try:
                 with open(os.path.join(folder, name), encoding="utf-8") as f:
                     lesions = json.load(f)
-            except (ValueError, OSError):
-                continue  # read_expert_set reports badly named files
+            except (ValueError, OSError) as e:  # invalid UTF-8 or JSON: positions only, never content
+                notes.append(f"{EXPERT}/{name}: lesion list left out: {type(e).__name__}: {e}")
+                continue
             if key is not None and isinstance(lesions, list):
                 try:
                     out[key] = LesionList(tuple(_scrubbed(les) for les in lesions))

@@ -295,3 +295,29 @@ def test_dicom_fuzz_bad_studies_cost_only_themselves(dicom_clean):
     assert sum(tally.values()) == len(DICOM) * PER_FAMILY_DICOM + 2
     print(f"\nDICOM fuzz: {sum(tally.values())} bad studies quarantined {dict(tally)}; "
           f"{2 * compressed} JPEG 2000 studies built identically")
+
+
+def test_damaged_cohort_level_text_costs_a_note_not_the_build(release_clean):
+    """A lone surrogate in a line of the lesion truth or of vqa.jsonl (text files shared by the cohort) leaves that
+    line out with a build note naming file and line; the build and every study go on."""
+    base, _ = release_clean
+    root = base / "shared_text"
+    shutil.copytree(base / "clean", root, copy_function=shutil.copyfile)
+    truth = (root / synthetic.TRUTH).read_text("utf-8").splitlines()
+    first = json.loads(truth[0])
+    first["lesions"][0]["lesion"]["Xâm lấn"] = "\ud800"
+    truth[0] = json.dumps(first)  # ensure_ascii: written as the escape, valid JSON
+    (root / synthetic.TRUTH).write_text("\n".join(truth) + "\n", "utf-8")
+    names = [row[0] for row in _rows(root)]
+    vqa = [{"patient_id": names[0], "question": "Có tổn thương không?", "answer": "Không."},
+           {"patient_id": names[1], "question": "Có tổn thương không?", "answer": "C\udfffó."}]
+    (root / "vqa.jsonl").write_text("".join(json.dumps(q) + "\n" for q in vqa), "utf-8")
+    run = subprocess.run([sys.executable, "-m", "jaxpetct.data", "build", "--manual-dir", str(root), "--data-dir",
+                          str(base / "shared_text_data"), "--config", "vqa", "--volume-shape", "8", "16", "16",
+                          "--salt", SALT, "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stderr[-3000:]
+    dataset = base / "shared_text_data" / "vimed_pet" / "vqa_8x16x16" / "1.0.0"
+    notes = json.loads((dataset / "build_notes.json").read_text("utf-8"))["notes"]
+    assert any(n.startswith(f"{synthetic.TRUTH}:1: lesion list left out") and "surrogate" in n for n in notes), notes
+    assert any(n.startswith("vqa.jsonl:2") and "surrogate" in n for n in notes), notes
+    assert read_quarantine(str(dataset)) == []  # no study lost
