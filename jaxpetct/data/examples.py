@@ -7,7 +7,7 @@ any is yielded), never half-written, and the caller keeps going.
 from __future__ import annotations
 
 import json
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -71,15 +71,21 @@ def _lesion_json(lesions: Optional[LesionList], section: Optional[str]) -> str:
     return json.dumps(list(lesions.by_section.get(section, ())), ensure_ascii=False)
 
 
+def region_volumes(study: Study, options: BuildOptions) -> tuple[regions.RegionSplit, list[tuple[Any, dict]]]:
+    """The region split and (region, stored image fields) of each region: what a `regions` record holds of the
+    image. Prediction uses it on studies without a report, so a new patient's input matches a record's bit for bit."""
+    rsplit = region_split(study, options)
+    return rsplit, [(r, _volumes(study, r.start, r.stop, options.spec.volume_shape))
+                    for r in rsplit.pairs(options.include_whole_body)]
+
+
 def region_examples(study: Study, lesions: Optional[LesionList], options: BuildOptions) -> list:
     report = _require_report(study)
-    rsplit = region_split(study, options)
     meta = records.metadata_fields(study)
     out = []
-    for r in rsplit.pairs(options.include_whole_body):
+    for r, image in region_volumes(study, options)[1]:
         en = study.report_en.findings.get(r.section, "") if study.report_en is not None else ""
-        ex = {"id": f"{study.study_id}/{r.name}", **meta,
-              **_volumes(study, r.start, r.stop, options.spec.volume_shape),
+        ex = {"id": f"{study.study_id}/{r.name}", **meta, **image,
               "region": r.name, "section": r.section, "findings": report.findings.get(r.section, ""),
               "findings_en": en, "impression": report.impression,
               "slice_range": np.asarray([r.start, r.stop], np.int32),

@@ -143,8 +143,10 @@ names are our module paths and Linear kernels are stored (in, out). `vision/{cfg
 
 
 def export_vlm(model: VLM, out_dir: Union[str, pathlib.Path], *, tokenizer: Union[str, pathlib.Path, None] = MISTRAL_V1,
-               template: str = "mistral", dtype: Optional[str] = None) -> pathlib.Path:
-    """Write the export directory (see the module docstring); `tokenizer` is "mistral-v1", an HF folder or None."""
+               template: str = "mistral", dtype: Optional[str] = None,
+               preprocess: Optional[dict] = None) -> pathlib.Path:
+    """Write the export directory (see the module docstring); `tokenizer` is "mistral-v1", an HF folder or None;
+    `preprocess` (predict.Preprocess.to_json) records how the model's inputs were made, for prediction."""
     out = pathlib.Path(out_dir)
     tok_dir = None if tokenizer in (None, MISTRAL_V1) else pathlib.Path(tokenizer)
     if tok_dir is not None and not tok_dir.is_dir():
@@ -167,6 +169,8 @@ def export_vlm(model: VLM, out_dir: Union[str, pathlib.Path], *, tokenizer: Unio
                         "num_visual_tokens": int(model.num_visual_tokens)},
                 "chat_template": template, "image_placeholder": "<image>",
                 "input_shape": list(model.encoder.cfg.input_shape)}
+        if preprocess is not None:
+            meta["preprocess"] = preprocess
         (vision / VISION_CONFIG).write_text(json.dumps(meta, indent=2))
         dcfg = model.decoder.cfg
         (tmp / "README.md").write_text(README.format(

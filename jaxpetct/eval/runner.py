@@ -235,6 +235,15 @@ def _decode_all(run: "_Run", examples: Iterable[EvalExample], tasks: Sequence[st
     return seen
 
 
+def answer_all(generator: VLMGenerator, decoding: DecodingConfig,
+               examples: Iterable[EvalExample]) -> tuple[list[dict], list[dict]]:
+    """(prediction records, skipped examples) of `examples`, batched exactly as `evaluate` batches them; nothing is
+    written (prediction for new studies uses it)."""
+    run = _Run(generator, decoding, None)
+    _decode_all(run, examples, TASKS, progress=False)
+    return run.records, run.skipped
+
+
 def evaluate(model: VLM, tokenizer: Tokenizer, examples: Iterable[EvalExample], out_dir, *,
              decoding: DecodingConfig = DecodingConfig(), tasks: Sequence[str] = TASKS, mesh=None,
              bertscore_model=None, bertscore_layer: Optional[int] = None, progress: bool = True) -> dict:

@@ -47,13 +47,14 @@ class StudyPage:
     pet: np.ndarray  # (D, H, W) SUVbw
     ct: np.ndarray  # (D, H, W) HU
     generated: Mapping[str, str]  # section label -> text, in display order
-    reference: Mapping[str, str]
+    reference: Optional[Mapping[str, str]]  # None: a new patient's prediction, nothing to compare with
     pet_spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)  # (slice, row, column)
     ct_spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     head_first: bool = True  # slice 0 is the top of the patient
+    index_link: bool = True  # the page sits beside an index.html of all studies
 
     @classmethod
-    def from_study(cls, study, generated: Mapping[str, str], reference: Mapping[str, str]) -> "StudyPage":
+    def from_study(cls, study, generated: Mapping[str, str], reference: Optional[Mapping[str, str]]) -> "StudyPage":
         return cls(study.study_id, study.pet.data, study.ct.data, generated, reference,
                    tuple(study.pet.spacing_mm), tuple(study.ct.spacing_mm), head_first_of(study.ct.direction))
 
@@ -131,38 +132,45 @@ def _text_for_lesions(sections: Mapping[str, str]) -> str:
     return " ".join(sections.values())
 
 
+def _reports_table(page: StudyPage) -> str:
+    ref = page.reference
+    labels = list(dict.fromkeys([*page.generated, *(ref or {})]))
+    head = "<th>Section</th><th>Generated</th>" + ("<th>Reference</th>" if ref is not None else "")
+    rows = "".join(f'<tr><td class="section">{_e(lab)}</td><td class="report-generated">{_e(page.generated.get(lab, ""))}'
+                   "</td>" + (f'<td class="report-reference">{_e(ref.get(lab, ""))}</td>' if ref is not None else "")
+                   + "</tr>" for lab in labels)
+    return f'<table class="reports"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
 def render_page(page: StudyPage) -> tuple[str, dict]:
-    """(HTML, summary) of one study page."""
+    """(HTML, summary) of one study page; without a reference, the generated report and its lesions only."""
     if not PSEUDONYM.fullmatch(page.study_id):
         raise ViewerError("study id is not a pseudonym; the viewer shows pseudonymous ids only")
     for name, vol in (("PET", page.pet), ("CT", page.ct)):
         if np.ndim(vol) != 3 or min(np.shape(vol)) < 1:
             raise ViewerError(f"study {page.study_id}: {name} volume must be 3-d (D, H, W), got shape {np.shape(vol)}")
     gen_les = extract_lesions(_text_for_lesions(page.generated))
-    ref_les = extract_lesions(_text_for_lesions(page.reference))
-    f1 = clinical_f1([gen_les], [ref_les])
     mip = pet_mip(page.pet, page.pet_spacing_mm, page.head_first)
     images = [_img(mip, "pet-mip", "PET MIP (coronal), SUV 0-10", "pet")]
     images += [_img(img, f"ct-slice-{i}", f"CT axial slice {k + 1}/{page.ct.shape[0]}, W400/L40", "ct")
                for i, (k, img) in enumerate(ct_slices(page.ct, page.ct_spacing_mm, page.head_first))]
-    labels = list(dict.fromkeys([*page.generated, *page.reference]))
-    rows = "".join(f'<tr><td class="section">{_e(lab)}</td><td class="report-generated">{_e(page.generated.get(lab, ""))}'
-                   f'</td><td class="report-reference">{_e(page.reference.get(lab, ""))}</td></tr>' for lab in labels)
-    scores = " ".join(f"{k} {f1[k]:.1f}" for k in ("F1-T", "F1-TP", "F1-TF", "F1-TPF"))
     sid = _e(page.study_id)
+    lesions = f"<h3>Generated report ({len(gen_les)})</h3>{_lesion_table(gen_les, 'lesions-generated')}"
+    summary = {"study_id": page.study_id, "page": f"{page.study_id}.html", "generated_lesions": len(gen_les)}
+    if page.reference is not None:
+        ref_les = extract_lesions(_text_for_lesions(page.reference))
+        f1 = clinical_f1([gen_les], [ref_les])
+        scores = " ".join(f"{k} {f1[k]:.1f}" for k in ("F1-T", "F1-TP", "F1-TF", "F1-TPF"))
+        lesions = (f'<p class="f1">Clinical F1 of this study: {_e(scores)}</p>{lesions}'
+                   f"<h3>Reference report ({len(ref_les)})</h3>{_lesion_table(ref_les, 'lesions-reference')}")
+        summary.update({"reference_lesions": len(ref_les), "F1-T": f1["F1-T"], "F1-TPF": f1["F1-TPF"]})
     doc = (f'<!DOCTYPE html><html lang="vi"><head><meta charset="utf-8"><title>Study {sid}</title>'
-           f"<style>{_CSS}</style></head><body><p><a href=\"index.html\">&larr; all studies</a></p>"
+           f"<style>{_CSS}</style></head><body>"
+           + ('<p><a href="index.html">&larr; all studies</a></p>' if page.index_link else "") +
            f"<h1>Study {sid}</h1><section id=\"images\">{''.join(images)}</section>"
-           f'<h2>Reports</h2><table class="reports"><thead><tr><th>Section</th><th>Generated</th><th>Reference</th>'
-           f"</tr></thead><tbody>{rows}</tbody></table>"
-           f'<h2>Lesions (deterministic extractor)</h2><p class="f1">Clinical F1 of this study: {_e(scores)}</p>'
-           f"<h3>Generated report ({len(gen_les)})</h3>{_lesion_table(gen_les, 'lesions-generated')}"
-           f"<h3>Reference report ({len(ref_les)})</h3>{_lesion_table(ref_les, 'lesions-reference')}"
+           f"<h2>Reports</h2>{_reports_table(page)}<h2>Lesions (deterministic extractor)</h2>{lesions}"
            "</body></html>\n")
-    return doc, {"study_id": page.study_id, "page": f"{page.study_id}.html", "generated_lesions": len(gen_les),
-                 "reference_lesions": len(ref_les), "F1-T": f1["F1-T"], "F1-TPF": f1["F1-TPF"]}
-
-
+    return doc, summary
 
 
 def _index(entries: Sequence[dict], skipped: Sequence[dict]) -> str:
