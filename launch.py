@@ -33,7 +33,7 @@ try:
 except (AttributeError, KeyError) as e:
     _unknown_override(e)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory: cohort, datasets, checkpoints, metrics.")
-_MODE = flags.DEFINE_enum("mode", "all", ["synth", "build", "train", "eval", "export", "all", "plan"],
+_MODE = flags.DEFINE_enum("mode", "all", ["synth", "build", "train", "eval", "export", "predict", "all", "plan"],
                           "What to run (plan: compile every stage on virtual CPU devices, write plan.json).")
 _STAGE = flags.DEFINE_list("stage", None, "Train only these stages (default: the config's order).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit multi-host).")

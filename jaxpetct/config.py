@@ -202,6 +202,14 @@ class Export:
 
 
 @_section
+class Predict:
+    """`--mode predict`: reports for new studies with the run's final weights (jaxpetct.predict)."""
+
+    input: str = ""  # a DICOM folder, release root, file or .zip
+    out: str = ""  # default: <workdir>/predict
+
+
+@_section
 class Plan:
     """`launch.py --mode plan` (jaxpetct/jobs/plan.py): compile every stage's train step and the generation program
     for a virtual mesh of `devices` CPU devices and check them against one `target` device (perf's table: h100,
@@ -249,6 +257,7 @@ class Config:
     stages: dict[str, Stage] = dataclasses.field(default_factory=_demo_stages)
     eval: Eval = dataclasses.field(default_factory=Eval)
     export: Export = dataclasses.field(default_factory=Export)
+    predict: Predict = dataclasses.field(default_factory=Predict)
     plan: Plan = dataclasses.field(default_factory=Plan)
 
 

@@ -17,13 +17,13 @@ import jax
 from jaxpetct.atomic import write_text
 from jaxpetct.errors import ConfigError, UserError  # noqa: F401 (ConfigError: public here too)
 from jaxpetct.jobs.data import build, require_data, synth
-from jaxpetct.jobs.evaluation import evaluate, export
+from jaxpetct.jobs.evaluation import evaluate, export, predict
 from jaxpetct.jobs.training import train
 from jaxpetct.parallel.multihost import PrimaryFailed, on_primary
 
 log = logging.getLogger(__name__)
 
-MODES = ("synth", "build", "train", "eval", "export", "all")
+MODES = ("synth", "build", "train", "eval", "export", "predict", "all")
 # What launch.py prints as one line, no traceback: errors in the user's input or config (errors.UserError), a
 # path that is not there, and PrimaryFailed (what process 0 did for everyone failed; its traceback is on process 0).
 USER_ERRORS = (UserError, FileNotFoundError, PrimaryFailed)
@@ -78,7 +78,7 @@ def run(mode: str, cfg, workdir: str, *, progress: bool = True, stages: Optional
     save_config(cfg, workdir)
     summary: dict = {}
     steps = ("synth", "build", "train", "eval", "export") if mode == "all" else (mode,)
-    mesh = make_run_mesh(cfg) if any(s in ("train", "eval", "export") for s in steps) else None
+    mesh = make_run_mesh(cfg) if any(s in ("train", "eval", "export", "predict") for s in steps) else None
     if mode in ("train", "eval"):  # only --mode build (or all) builds: these open what exists, or say what to run
         require_data(cfg, workdir)
     for step in steps:
@@ -93,6 +93,8 @@ def run(mode: str, cfg, workdir: str, *, progress: bool = True, stages: Optional
             summary["eval"] = evaluate(cfg, workdir, mesh=mesh, progress=progress)
         elif step == "export":
             summary["export"] = export(cfg, workdir, mesh=mesh)
+        elif step == "predict":
+            summary["predict"] = predict(cfg, workdir, mesh=mesh, progress=progress)
         summary.setdefault("seconds", {})[step] = round(time.perf_counter() - t0, 1)
         log.info("%s done in %.1f s", step, summary["seconds"][step])
     if jax.process_index() == 0:
@@ -132,6 +134,10 @@ def describe(summary: dict, workdir: str) -> str:
             lines.append(f"viewer: {ev['viewer']}")
     if summary.get("export"):
         lines.append(f"export: {summary['export']}")
+    if summary.get("predict"):
+        p = summary["predict"]
+        lines.append(f"predict: {len(p['predicted'])} studies -> {p['out']}" + (f", {len(p['failed'])} failed "
+                     f"(see predict_summary.json)" if p["failed"] else ""))
     if summary.get("seconds"):
         lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items()))
     return "\n".join(lines)

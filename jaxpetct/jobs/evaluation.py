@@ -15,6 +15,7 @@ import os
 import jax
 
 from jaxpetct.atomic import write_text
+from jaxpetct.errors import ConfigError
 from jaxpetct.eval.runner import evaluate as run_eval
 from jaxpetct.eval.vlm_generate import DecodingConfig
 from jaxpetct.jobs import data as data_jobs
@@ -89,10 +90,29 @@ def write_viewer(cfg, workdir: str, out: str) -> str:
 def export(cfg, workdir: str, *, mesh=None) -> str:
     """HF safetensors LLM (LoRA merged) + CT-ViT/projector weights + tokenizer + loading notes."""
     from jaxpetct.eval.export import export_vlm
+    from jaxpetct.predict.core import preprocess_of
 
     model = training.final_model(cfg, workdir, mesh=mesh)
     out = os.path.join(os.path.abspath(workdir), "export")
     dtype = None if cfg.export.dtype in ("", "float32") else cfg.export.dtype
-    export_vlm(model, out, tokenizer=cfg.data.tokenizer, template=cfg.data.template, dtype=dtype)
+    pre = preprocess_of(cfg, training.model_io(model).input_shape).to_json()
+    export_vlm(model, out, tokenizer=cfg.data.tokenizer, template=cfg.data.template, dtype=dtype, preprocess=pre)
     barrier("jaxpetct:export-written")  # every process gathers weights; process 0 writes; all return after
     return out
+
+
+def predict(cfg, workdir: str, *, mesh=None, progress: bool = True) -> dict:
+    """Reports for the studies at `predict.input` with the run's final weights, as `python -m jaxpetct.predict`
+    gives them from the export (one process: prediction is for a handful of new studies, not a split)."""
+    from jaxpetct.predict import Predictor, predict_path, preprocess_of
+
+    if not cfg.predict.input:
+        raise ConfigError("--mode predict needs --config.predict.input=<DICOM folder, release root, file or .zip>")
+    if jax.process_count() > 1:
+        raise ConfigError("--mode predict runs on one process; start launch.py without multi-host flags")
+    model = training.final_model(cfg, workdir, mesh=mesh)
+    pre = preprocess_of(cfg, training.model_io(model).input_shape)
+    predictor = Predictor(model, load_tokenizer(cfg.data.tokenizer), pre, mesh=mesh)
+    out = cfg.predict.out or os.path.join(os.path.abspath(workdir), "predict")
+    summary = predict_path(predictor, cfg.predict.input, out, salt=cfg.salt or None, progress=progress)
+    return {"out": out, **summary.to_json()}
