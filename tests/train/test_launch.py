@@ -43,9 +43,32 @@ def test_launch_all_modes_on_the_synthetic_cohort(built, subprocess_env, tmp_pat
     assert len(preds) == 3 and all({"id", "task", "prompt", "reference", "generated"} <= set(p) for p in preds)
     assert (wd / "export" / "llm" / "config.json").is_file() and (wd / "export" / "vision").is_dir()
     assert (wd / "eval" / "viewer" / "index.html").is_file()
+    _predict_matches_eval(wd, shared, preds, args, subprocess_env)
     # Re-running finds every stage done and trains nothing again.
     again = launch(args + ["--mode=train"], subprocess_env)
     assert again.returncode == 0 and "stage lora: 3 steps" in again.stdout
+
+
+def _predict_matches_eval(wd, shared, preds, args, env):
+    """A test-split study predicted from the export (python -m jaxpetct.predict) and from the run (--mode predict)
+    gets, region by region, the text that --mode eval generated for it."""
+    from jaxpetct.studies import cohort
+    from jaxpetct.studies.deid import resolve_salt
+    from jaxpetct.text.prompts import region_section
+
+    salt = resolve_salt(None, synthetic=True)
+    study = preds[0]["study_id"]
+    [ref] = [r for r in cohort.list_studies(f"{shared}/cohort") if cohort.study_id(r, salt) == study]
+    expected = {region_section(p["region"]): p["generated"] for p in preds if p["study_id"] == study}
+    cli = subprocess.run([sys.executable, "-m", "jaxpetct.predict", "--model", str(wd / "export"), "--study",
+                          f"{shared}/cohort", "--patient", ref.key, "--out", str(wd / "p_export"), "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    run = launch(args + ["--mode=predict", f"--config.predict.input={shared}/cohort"], env)
+    assert run.returncode == 0 and "predict: 12 studies" in run.stdout, run.stderr[-3000:]
+    for out in (wd / "p_export", wd / "predict"):
+        report = json.loads((out / study / "report.json").read_text("utf-8"))["Mô tả hình ảnh"]
+        assert {s: report[s] for s in expected} == expected
 
 
 def test_launch_reports_a_wrong_manual_dir_in_one_line(subprocess_env, tmp_path):
