@@ -122,6 +122,7 @@ class ModelIO:
     input_shape: tuple  # (C, D, H, W)
     num_visual_tokens: int
     grid: tuple = ()  # the encoder's (T, h, w) token grid (lesion_map targets)
+    text_positions: int = 0  # CLIP: tokens the text tower can place (RoBERTa: max positions - pad id - 1); 0 = none
 
 
 def lesion_table_path(cfg, workdir: str) -> str:
@@ -143,6 +144,22 @@ def lesion_table(cfg, workdir: str) -> dict:
     return read_lesion_table(lesion_table_path(cfg, workdir), salt_of(cfg))
 
 
+_WARNED: set = set()
+
+
+def _text_length(cfg, io: ModelIO, task: str) -> int:
+    """data.max_length, cut for CLIP to what the text tower can place: a longer text would index past its position
+    table (a NaN loss at step 0, once blamed on the learning rate). Said once per run in the log."""
+    wanted = int(cfg.data.max_length)
+    if task != "clip" or not io.text_positions or wanted <= io.text_positions:
+        return wanted
+    if (wanted, io.text_positions) not in _WARNED:
+        _WARNED.add((wanted, io.text_positions))
+        log.warning("data.max_length %d exceeds the text tower's %d usable positions: report texts are cut to %d "
+                    "tokens for CLIP pre-training", wanted, io.text_positions, io.text_positions)
+    return io.text_positions
+
+
 def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: int = 0,
                   batch_size: Optional[int] = None, workdir: Optional[str] = None) -> pipeline.LoaderConfig:
     channels = tuple(cfg.data.image.channels)
@@ -153,7 +170,7 @@ def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: 
                         pet_max=float(cfg.data.image.pet_max), out_range=cfg.data.image.out_range)
     augment = AugmentConfig(**dict(cfg.data.augment)) if train else AugmentConfig()
     text = TextConfig(template=cfg.data.template, num_image_tokens=io.num_visual_tokens,
-                      max_length=int(cfg.data.max_length), paraphrase_prob=float(cfg.data.paraphrase_prob) if train else 0.0)
+                      max_length=_text_length(cfg, io, task), paraphrase_prob=float(cfg.data.paraphrase_prob) if train else 0.0)
     common = dict(task=task, batch_size=int(batch_size or cfg.data.batch_size), seed=seed,
                   buckets=tuple(cfg.data.buckets), image=image, augment=augment, text=text,
                   worker_count=int(cfg.data.worker_count) if train else 0,

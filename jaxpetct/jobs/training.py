@@ -55,7 +55,9 @@ def vlm_stages(cfg) -> list[str]:
 
 def model_io(model) -> data_jobs.ModelIO:
     enc = model.encoder.cfg  # CT-ViT is `encoder` in every stage's model
-    return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]), tuple(enc.grid))
+    text = getattr(getattr(model, "text", None), "cfg", None)  # CLIP's text tower (fairseq positions from pad + 1)
+    positions = int(text.max_position_embeddings - text.pad_token_id - 1) if text is not None else 0
+    return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]), tuple(enc.grid), positions)
 
 
 def build_stage_model(cfg, name: str, *, mesh=None):

@@ -221,3 +221,19 @@ def test_accumulating_loader_batches_trains_like_one_large_batch(built, tmp_path
     np.testing.assert_allclose([r["loss"] for r in runs[2]], [r["loss"] for r in runs[1]], rtol=0, atol=1e-5)
     assert [r["tokens"] for r in runs[2]] == [r["tokens"] for r in runs[1]]
     assert runs[2][-1]["val_loss"] == pytest.approx(runs[1][-1]["val_loss"], abs=1e-5)
+
+
+def test_clip_with_a_short_text_tower_cuts_texts_instead_of_a_nan(built, tmp_path, caplog):
+    """A text tower with fewer positions than data.max_length (PhoBERT: 256 usable, max_length 384) would index
+    past its position table: NaN at step 0. The loader cuts texts to the tower's positions and says so once."""
+    _, make_cfg = built
+    cfg = make_cfg(tmp_path)
+    cfg.order = ("encoder_pretrain",)
+    cfg.stages.encoder_pretrain.update(objective="clip", steps=2, warmup_fraction=0.0, save_every=2)
+    cfg.model.text_encoder.max_position_embeddings = 12  # pad id 0: 11 usable positions, far below the reports
+    cfg.data.max_length = 384
+    with caplog.at_level("WARNING", logger="jaxpetct"):
+        training.train(cfg, str(tmp_path), mesh=one_device(), stages=["encoder_pretrain"], progress=False)
+    losses = [m["loss"] for m in read_metrics(str(tmp_path / "encoder_pretrain" / "metrics.jsonl")) if "loss" in m]
+    assert losses and all(np.isfinite(losses)), losses
+    assert caplog.text.count("exceeds the text tower's 11 usable positions") == 1
