@@ -166,11 +166,21 @@ class BertScorer:
         w[len(seqs):, 0] = 1.0  # filler rows: one valid token, so their (discarded) scores stay finite
         return ids, w
 
+    def _check_tokens(self, texts: Sequence[str], ids: Sequence[Sequence[int]], what: str) -> None:
+        """A non-empty text must give tokens: if the tokenizer gives none (only <s> </s>), every score would be a
+        silent 0 (bert-score's rule for empty texts), which is a broken tokenizer, not a bad report."""
+        for k, (text, seq) in enumerate(zip(texts, ids)):
+            if text.strip() and len(seq) <= 2:
+                raise BertScoreError(f"encoder folder {self.settings['model']!r}: its tokenizer gives no tokens for "
+                                     f"{what} #{k} (a non-empty text): wrong or broken tokenizer files?")
+
     def score(self, candidates: Sequence[str], references: Sequence[str]) -> BertScoreResult:
         if len(candidates) != len(references):
             raise BertScoreError(f"{len(candidates)} candidates but {len(references)} references")
         hyp_ids = [self.tokenizer.encode(c) for c in candidates]
         ref_ids = [self.tokenizer.encode(r) for r in references]
+        self._check_tokens(candidates, hyp_ids, "candidate")
+        self._check_tokens(references, ref_ids, "reference")
         special = {self.tokenizer.cls_id, self.tokenizer.sep_id}
         if self.idf:
             table, unseen = idf_weights(ref_ids)

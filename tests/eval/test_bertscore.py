@@ -143,6 +143,17 @@ def test_layer_defaults_skip_message_and_bad_input(encoder_dir, tmp_path):
         BertScorer(encoder_dir, layer=LAYER, baseline=bad)
 
 
+def test_a_tokenizer_that_gives_no_tokens_is_an_error_naming_the_folder(encoder_dir, monkeypatch):
+    """Empty texts score 0 (bert-score's rule); a non-empty text the tokenizer turns into nothing is an error."""
+    scorer = BertScorer(encoder_dir)
+    assert scorer.score([""], ["Hạch cổ."]).f1[0] == 0.0
+    empty = [scorer.tokenizer.cls_id, scorer.tokenizer.sep_id]
+    monkeypatch.setattr(scorer.tokenizer, "encode", lambda text: list(empty))
+    with pytest.raises(BertScoreError, match=rf"encoder folder '{encoder_dir.name}': its tokenizer gives no tokens for "
+                                             r"candidate #0"):
+        scorer.score(["Hạch cổ trái."], ["Hạch cổ trái."])
+
+
 def test_metrics_cli_adds_bertscore_only_with_a_model(encoder_dir, run_cli, jsonl_file):
     path = jsonl_file([{"generated": c, "reference": r} for c, r in zip(CANDIDATES, REFERENCES)])
     without = run_cli("jaxpetct.eval.metrics", "--predictions", path)
