@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxpetct.atomic import open_atomic, write_text
 from jaxpetct.eval.clinical import clinical_f1
+from jaxpetct.eval.closed_vqa import closed_form_accuracy
 from jaxpetct.eval.lesions import extract_lesions
 from jaxpetct.eval.metrics import compute_text_metrics
 from jaxpetct.eval.vlm_generate import DecodingConfig, LazyVolume, PromptRow, VLMGenerator
@@ -199,6 +200,8 @@ def task_metrics(records: Sequence[dict], task: str, *, bertscorer=None) -> dict
             for g in regions for sub in [[r for r in rows if r["region"] == g]]}
     else:
         out["turns"] = {str(t): sum(1 for r in rows if r["turn"] == t) for t in sorted({r["turn"] for r in rows})}
+        out["closed_form"] = closed_form_accuracy(rows)  # the exact values inside the open answers
+        out["closed_accuracy"] = out["closed_form"]["all"]["accuracy"]
     if bertscorer is not None:
         out.update(bertscorer.score(preds, refs).summary())
     return out

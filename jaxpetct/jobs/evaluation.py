@@ -26,7 +26,8 @@ from jaxpetct.text.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-_HEADLINE = ("bleu4", "rouge1", "rougeL", "meteor", "cider", "bertscore", "F1-T", "F1-TP", "F1-TF", "F1-TPF")
+_HEADLINE = ("bleu4", "rouge1", "rougeL", "meteor", "cider", "bertscore", "F1-T", "F1-TP", "F1-TF", "F1-TPF",
+             "closed_accuracy")
 
 
 def _headline(metrics: dict) -> dict:
