@@ -16,11 +16,13 @@ _LLMS = {
     "llama2_7b": ("llama2_7b", "llama2", ""),
     "qwen2_0_5b": ("qwen2_0_5b", "chatml", ""),
 }
-# The paper's data ablations: O = original reports; +G = fact-preserving paraphrases; +C = study comparisons.
+# The paper's data ablations: O = original reports; +G = fact-preserving paraphrases; +C = study comparisons. Its
+# VQA row is the O+G+C model, instruction-tuned on the release's VQA conversations as well (~8.3 k, about as many
+# as the report pairs: weight 1).
 _MIXES = {
     "O": ((("regions", "report", 1.0),), 0.0),
     "OG": ((("regions", "report", 1.0),), 0.5),
-    "OGC": ((("regions", "report", 1.0), ("comparison", "comparison", 0.5)), 0.5),
+    "OGC": ((("regions", "report", 1.0), ("comparison", "comparison", 0.5), ("vqa", "vqa", 1.0)), 0.5),
 }
 
 
