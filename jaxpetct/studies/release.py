@@ -191,10 +191,11 @@ def _parse_row(root: str, lineno: int, fields: list[str], enc: ReleaseEncoding) 
     row = dict(zip(COLUMNS, fields))
     parsed = {}
     try:
-        for col in ("ct_path", "pet_path", "report_path"):
+        for col in ("ct_path", "pet_path"):
             parsed[col] = parse_release_path(row[col])
-        if row["report_en_path"]:
-            parsed["report_en_path"] = parse_release_path(row["report_en_path"])
+        for col in ("report_path", "report_en_path"):  # a new patient's study has no report yet (prediction)
+            if row[col]:
+                parsed[col] = parse_release_path(row[col])
     except ValueError as e:
         return dataclasses.replace(bare, problem=f"row {lineno}: {e}")
     year, month, _, day, patient, _ = parsed["ct_path"]
@@ -322,7 +323,7 @@ def read_release_study(ref: ReleaseRef, *, salt: str) -> Study:
     if ct_shape[1:] != (2 * pet_shape[1], 2 * pet_shape[2]):
         raise StudyError(sid, ref.pet_path, f"CT in-plane {ct_shape[1:]} is not twice PET in-plane {pet_shape[1:]}")
     ct, pet = _read_volume(ref, sid, ref.ct_path), _read_volume(ref, sid, ref.pet_path)
-    report = _read_report(ref, sid, ref.report_path)
+    report = _read_report(ref, sid, ref.report_path) if ref.report_path else None
     report_en = _read_report(ref, sid, ref.report_en_path) if ref.report_en_path else None
     enc = ref.encoding
     meta = Metadata(sex=ref.sex, age_years=None, height_m=ref.height_m, weight_kg=ref.weight_kg,

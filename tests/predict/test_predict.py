@@ -15,7 +15,7 @@ import pytest
 from jaxpetct.data.inputs import AugmentConfig, ImageConfig, model_images
 from jaxpetct.eval.export import export_vlm
 from jaxpetct.eval.vlm_generate import DecodingConfig
-from jaxpetct.predict import Predictor, Preprocess
+from jaxpetct.predict import Predictor, Preprocess, predict_path
 from jaxpetct.predict.__main__ import main
 from jaxpetct.studies import synthetic
 
@@ -146,6 +146,17 @@ def test_prediction_equals_the_record_path_of_evaluation(export_dir, tmp_path):
     [ref] = [r for r in cohort.list_studies(str(root)) if cohort.study_id(r, cf.SALT) == study_id]
     got = predictor.predict(cohort.load_study(ref, salt=cf.SALT))
     assert got.regions == expected and len(expected) == 3
+    # The same study as a new patient's: its manifest row without report paths (the release layout allows it).
+    manifest = (root / "metadata.csv").read_text("utf-8").splitlines()
+    rows = [line.split(",") for line in manifest]
+    for row in rows[1:]:
+        if row[6] == ref.release.ct_path:
+            row[7] = row[8] = ""
+    (root / "metadata.csv").write_text("\n".join(",".join(r) for r in rows) + "\n", "utf-8")
+    summary = predict_path(predictor, str(root), str(tmp_path / "out"), salt=cf.SALT, patient=ref.key, progress=False)
+    assert summary.predicted == [study_id] and not summary.failed
+    report = json.loads((tmp_path / "out" / study_id / "report.json").read_text("utf-8"))["Mô tả hình ảnh"]
+    assert sorted(t for t in report.values() if t) == sorted(expected.values())
 
 
 def _text(value) -> str:
