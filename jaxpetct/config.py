@@ -107,6 +107,9 @@ class Data:
     # Training mixture: (TFDS config, task, weight). The paper's O = regions/report; C adds comparison/comparison.
     train_mix: tuple = (("regions", "report", 1.0),)
     paraphrase_prob: float = 0.0  # the paper's G: fact-preserving paraphrases of the target report
+    # Report language: "vi", or "en" to train and evaluate on the release's English reports (reports_en; English
+    # instructions, the English lesion vocabulary for clinical F1). English has report pairs only: no G, C or VQA.
+    report_language: str = "vi"
     tokenizer: str = "mistral-v1"  # or an HF tokenizer directory
     template: str = "mistral"
     max_length: int = 384

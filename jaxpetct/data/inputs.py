@@ -59,6 +59,7 @@ class TextConfig:
     instruction_variants: bool = True  # training draws among paraphrased instructions; eval uses the canonical one
     paraphrase_prob: float = 0.0  # the paper's "G": a fact-preserving paraphrase of the target
     system: Optional[str] = None
+    language: str = "vi"  # report text and instructions: "vi", or "en" (the release's reports_en)
 
 
 def tokenizer_for(spec):
@@ -130,17 +131,18 @@ def task_messages(record: dict, task: str, text: TextConfig, rng: Optional[np.ra
     variant = _seed(rng) if text.instruction_variants else None
     g = rng is not None and text.paraphrase_prob > 0 and rng.random() < text.paraphrase_prob
     if task == "report":
+        en = text.language == "en"  # G paraphrases are Vietnamese: config checks refuse them with English
         if "findings" in record:  # regions
             section = t(record["section"])
-            target = t(record["findings"])
-            if g:
+            target = t(record["findings_en" if en else "findings"])
+            if g and not en:
                 target = paraphrase(target, _seed(rng), salt=section)
-            msgs = prompts.report_messages(target, section, variant, text.system)
+            msgs = prompts.report_messages(target, section, variant, text.system, text.language)
         else:  # study
-            target = t(record["report"])
-            if g:
+            target = t(record["report_en" if en else "report"])
+            if g and not en:
                 target = paraphrase_report(report_from_json(json.loads(t(record["report_json"]))), _seed(rng)).full_text()
-            msgs = prompts.report_messages(target, None, variant, text.system)
+            msgs = prompts.report_messages(target, None, variant, text.system, text.language)
         return msgs, target
     if task == "vqa":
         msgs = llava_messages(json.loads(t(record["conversation"])))

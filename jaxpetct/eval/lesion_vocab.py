@@ -12,7 +12,7 @@ Lesion types (13 + "other"), decided by the *head* of the type text:
   cyst            nang, kén
   calcification   vôi hoá
   effusion        tràn dịch, dịch tự do, tỉ trọng dịch, tràn khí (fluid or air collection)
-  bone_lesion     huỷ xương, đặc xương, chồi xương, gãy xương, tăng đậm độ xương, tổn thương xương
+  bone_lesion     huỷ xương, tiêu xương, đặc xương, chồi xương, gãy xương, tăng đậm độ xương, tổn thương xương
   lung_opacity    kính mờ, đông đặc, dải mờ, đám mờ, dày kẽ / tổ chức kẽ, nụ cành, chồi cây, xơ hoá, xẹp phổi, hang
   stone           sỏi
   enlargement     kích thước lớn, to, phì đại, giãn, teo (organ size change)
@@ -61,7 +61,7 @@ _SPECIFIC_TYPES: dict[str, tuple[str, ...]] = {
     "cyst": ("nang", "kén"),
     "calcification": ("vôi hoá",),
     "effusion": ("tràn dịch", "dịch tự do", "tràn khí", f"{_T} dịch"),
-    "bone_lesion": ("huỷ xương", "hủy xương", "đặc xương", "chồi xương", "gãy xương", "tăng đậm độ xương",
+    "bone_lesion": ("huỷ xương", "hủy xương", "tiêu xương", "đặc xương", "chồi xương", "gãy xương", "tăng đậm độ xương",
                     "tổn thương xương", "xẹp đốt sống"),
     "lung_opacity": ("kính mờ", "mờ kính", "đông đặc", "dải mờ", "dải mở", "đám mờ", "dày kẽ", "dày tổ chức kẽ",
                      "tổ chức kẽ", "nụ cành", "chồi cây", "xơ hoá", "xẹp phổi", "hang"),
@@ -123,13 +123,18 @@ def _compile(fragments) -> list[re.Pattern]:
 
 @functools.lru_cache(maxsize=1)
 def _tables():
-    specific = [(cat, pat) for cat, frags in _SPECIFIC_TYPES.items() for pat in _compile(frags)]
+    """Vietnamese and English fragments in one table per kind (lesion_vocab_en: the words never cross languages)."""
+    from jaxpetct.eval import lesion_vocab_en as en
+
+    def pairs(*tables):
+        return [(key, pat) for table in tables for key, frags in table.items() for pat in _compile(frags)]
+
     return {
-        "node": _compile(_NODE),
-        "specific": specific,
-        "generic": _compile(_GENERIC_LESION),
-        "fdg": _compile(_FDG_FOCUS),
-        "locations": [(grp, pat) for grp, frags in _LOCATIONS.items() for pat in _compile(frags)],
+        "node": _compile(_NODE + en.NODE),
+        "specific": pairs(_SPECIFIC_TYPES, en.SPECIFIC_TYPES),
+        "generic": _compile(_GENERIC_LESION + en.GENERIC_LESION),
+        "fdg": _compile(_FDG_FOCUS + en.FDG_FOCUS),
+        "locations": pairs(_LOCATIONS, en.LOCATIONS),
     }
 
 

@@ -235,15 +235,23 @@ def compute_text_metrics(
     punctuation: str = "split",
     segment: bool = False,
     smooth: str = "exp",
+    language: str = "vi",
 ) -> dict[str, float]:
-    """All text metrics of a corpus on the 0-100 scale: bleu1..bleu4, rouge1, rouge2, rougeL, meteor, cider."""
+    """All text metrics of a corpus on the 0-100 scale: bleu1..bleu4, rouge1, rouge2, rougeL, meteor, cider.
+    `language` "en" tokenises by the WMT convention (text.english.tokenize_13a, lower-cased), "vi" as above."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions:
         raise ValueError("no (prediction, reference) pairs to score")
-    tok = dict(lowercase=lowercase, punctuation=punctuation, segment=segment)
-    hyps = [tokenize(p, **tok) for p in predictions]
-    refs = [tokenize(r, **tok) for r in references]
+    if language == "en":
+        from jaxpetct.text.english import tokenize_13a
+
+        hyps = [tokenize_13a(p, lowercase) for p in predictions]
+        refs = [tokenize_13a(r, lowercase) for r in references]
+    else:
+        tok = dict(lowercase=lowercase, punctuation=punctuation, segment=segment)
+        hyps = [tokenize(p, **tok) for p in predictions]
+        refs = [tokenize(r, **tok) for r in references]
     out = {f"bleu{k}": corpus_bleu(hyps, refs, k, smooth) for k in range(1, 5)}
     m = len(hyps)
     words = [(content_tokens(h), content_tokens(r)) for h, r in zip(hyps, refs)]

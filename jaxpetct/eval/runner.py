@@ -36,7 +36,7 @@ import numpy as np
 from jaxpetct.atomic import open_atomic, write_text
 from jaxpetct.eval.clinical import clinical_f1
 from jaxpetct.eval.closed_vqa import closed_form_accuracy
-from jaxpetct.eval.lesions import extract_lesions
+from jaxpetct.eval.lesions_en import extractor_for
 from jaxpetct.eval.metrics import compute_text_metrics
 from jaxpetct.eval.vlm_generate import DecodingConfig, LazyVolume, PromptRow, VLMGenerator
 from jaxpetct.models.vlm import VLM
@@ -65,9 +65,10 @@ class EvalExample:
 
     @classmethod
     def report(cls, id: str, image: np.ndarray, reference: str, region: Optional[str] = None,
-               study_id: Optional[str] = None) -> "EvalExample":
-        """A report-generation example with the canonical Vietnamese instruction of its region."""
-        return cls(id, "report", image, ((report_instruction(region), reference),), region, study_id or id)
+               study_id: Optional[str] = None, language: str = "vi") -> "EvalExample":
+        """A report-generation example with the canonical instruction of its region in `language`."""
+        instruction = report_instruction(region, language=language)
+        return cls(id, "report", image, ((instruction, reference),), region, study_id or id)
 
     @classmethod
     def vqa(cls, id: str, image: np.ndarray, pairs: Sequence[tuple[str, str]], study_id: Optional[str] = None,
@@ -185,18 +186,21 @@ class _Run:
 
 
 
-def task_metrics(records: Sequence[dict], task: str, *, bertscorer=None) -> dict:
-    """The metrics of one task from prediction records (what metrics.json holds for it)."""
+def task_metrics(records: Sequence[dict], task: str, *, bertscorer=None, language: str = "vi") -> dict:
+    """The metrics of one task from prediction records (what metrics.json holds for it); `language` picks the
+    lesion extractor of the clinical F1 (the text metrics' tokens serve both languages)."""
     rows = [r for r in records if r["task"] == task]
     preds, refs = [r["generated"] for r in rows], [r["reference"] for r in rows]
-    out: dict = {"count": len(rows), **compute_text_metrics(preds, refs)}
+    out: dict = {"count": len(rows), **compute_text_metrics(preds, refs, language=language)}
     if task == "report":
-        clinical = clinical_f1([extract_lesions(p) for p in preds], [extract_lesions(r) for r in refs])
+        extract = extractor_for(language)
+        clinical = clinical_f1([extract(p) for p in preds], [extract(r) for r in refs])
         out.update({k: clinical[k] for k in ("F1-T", "F1-TP", "F1-TF", "F1-TPF")})
         out["clinical_details"] = clinical["details"]
         regions = sorted({r["region"] for r in rows})
         out["by_region"] = {
-            g: {"count": len(sub), **compute_text_metrics([r["generated"] for r in sub], [r["reference"] for r in sub])}
+            g: {"count": len(sub), **compute_text_metrics([r["generated"] for r in sub], [r["reference"] for r in sub],
+                                                          language=language)}
             for g in regions for sub in [[r for r in rows if r["region"] == g]]}
     else:
         out["turns"] = {str(t): sum(1 for r in rows if r["turn"] == t) for t in sorted({r["turn"] for r in rows})}
@@ -249,7 +253,8 @@ def answer_all(generator: VLMGenerator, decoding: DecodingConfig,
 
 def evaluate(model: VLM, tokenizer: Tokenizer, examples: Iterable[EvalExample], out_dir, *,
              decoding: DecodingConfig = DecodingConfig(), tasks: Sequence[str] = TASKS, mesh=None,
-             bertscore_model=None, bertscore_layer: Optional[int] = None, progress: bool = True) -> dict:
+             bertscore_model=None, bertscore_layer: Optional[int] = None, progress: bool = True,
+             language: str = "vi") -> dict:
     """Evaluate `model` on `examples` of the wanted `tasks`; writes predictions.jsonl and metrics.json into
     `out_dir` and returns the metrics dict (see the module docstring)."""
     unknown = sorted(set(tasks) - set(TASKS))
@@ -275,11 +280,12 @@ def evaluate(model: VLM, tokenizer: Tokenizer, examples: Iterable[EvalExample], 
 
         notes.append(SKIP_MESSAGE)
     metrics = {
-        "tasks": {t: task_metrics(run.records, t, bertscorer=scorer)
+        "tasks": {t: task_metrics(run.records, t, bertscorer=scorer, language=language)
                   for t in tasks if any(r["task"] == t for r in run.records)},
         "counts": {"examples": seen, "evaluated": seen - len(run.skipped), "predictions": len(run.records),
                    "skipped": len(run.skipped), "generated_tokens": run.tokens, "batches": run.batches},
         "decoding": decoding.to_json(),
+        "report_language": language,
         "model": {"num_visual_tokens": generator.num_visual_tokens, "input_shape": list(generator.input_shape),
                   "prefix_lm": generator.prefix_lm, "tokenizer": tokenizer.name},
         "skipped": run.skipped,

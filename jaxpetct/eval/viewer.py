@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxpetct.atomic import write_text
 from jaxpetct.eval.clinical import clinical_f1
-from jaxpetct.eval.lesions import extract_lesions
+from jaxpetct.eval.lesions_en import extractor_for
 from jaxpetct.eval.png import data_uri, encode_png
 from jaxpetct.eval.runner import PSEUDONYM
 from jaxpetct.studies.regions import head_first_of
@@ -52,6 +52,7 @@ class StudyPage:
     ct_spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     head_first: bool = True  # slice 0 is the top of the patient
     index_link: bool = True  # the page sits beside an index.html of all studies
+    language: str = "vi"  # of the reports: picks the lesion extractor
 
     @classmethod
     def from_study(cls, study, generated: Mapping[str, str], reference: Optional[Mapping[str, str]]) -> "StudyPage":
@@ -149,6 +150,7 @@ def render_page(page: StudyPage) -> tuple[str, dict]:
     for name, vol in (("PET", page.pet), ("CT", page.ct)):
         if np.ndim(vol) != 3 or min(np.shape(vol)) < 1:
             raise ViewerError(f"study {page.study_id}: {name} volume must be 3-d (D, H, W), got shape {np.shape(vol)}")
+    extract_lesions = extractor_for(page.language)
     gen_les = extract_lesions(_text_for_lesions(page.generated))
     mip = pet_mip(page.pet, page.pet_spacing_mm, page.head_first)
     images = [_img(mip, "pet-mip", "PET MIP (coronal), SUV 0-10", "pet")]
@@ -214,7 +216,7 @@ def section_label(region: Optional[str]) -> str:
     return f"{region}: {REGION_PHRASES.get(section, section)}" if section else str(region)
 
 
-def pages_from_predictions(records: Iterable[Mapping], studies: Iterable) -> list[StudyPage]:
+def pages_from_predictions(records: Iterable[Mapping], studies: Iterable, language: str = "vi") -> list[StudyPage]:
     """Pages for the studies that have report predictions; regions in anatomical order."""
     by_study: dict[str, list[Mapping]] = {}
     for r in records:
@@ -228,5 +230,5 @@ def pages_from_predictions(records: Iterable[Mapping], studies: Iterable) -> lis
             continue
         gen = {section_label(r.get("region")): r["generated"] for r in recs}
         ref = {section_label(r.get("region")): r["reference"] for r in recs}
-        pages.append(StudyPage.from_study(study, gen, ref))
+        pages.append(dataclasses.replace(StudyPage.from_study(study, gen, ref), language=language))
     return pages

@@ -38,7 +38,22 @@ def resolve_config(cfg):
 
     resolved = to_configdict(typed(cfg))
     check(resolved.model)
+    _check_language(resolved)
     return resolved
+
+
+def _check_language(cfg) -> None:
+    """English reports exist as report pairs only: the G paraphraser, comparison texts and VQA are Vietnamese."""
+    lang = cfg.data.report_language
+    if lang not in ("vi", "en"):
+        raise ConfigError(f"data.report_language={lang!r}; use 'vi' or 'en'")
+    if lang != "en":
+        return
+    other = [task for _, task, _ in cfg.data.train_mix if task != "report"] + [t for t in cfg.eval.tasks if t != "report"]
+    if other or float(cfg.data.paraphrase_prob) > 0:
+        raise ConfigError("data.report_language='en' trains and evaluates report generation only: set data.train_mix "
+                          "to report tasks, eval.tasks=('report',) and data.paraphrase_prob=0 (G paraphrases, "
+                          f"comparisons and VQA are Vietnamese; found {sorted(set(other)) or 'paraphrase_prob > 0'})")
 
 
 def make_run_mesh(cfg):

@@ -170,7 +170,8 @@ def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: 
                         pet_max=float(cfg.data.image.pet_max), out_range=cfg.data.image.out_range)
     augment = AugmentConfig(**dict(cfg.data.augment)) if train else AugmentConfig()
     text = TextConfig(template=cfg.data.template, num_image_tokens=io.num_visual_tokens,
-                      max_length=_text_length(cfg, io, task), paraphrase_prob=float(cfg.data.paraphrase_prob) if train else 0.0)
+                      max_length=_text_length(cfg, io, task), paraphrase_prob=float(cfg.data.paraphrase_prob) if train else 0.0,
+                      language=cfg.data.report_language)
     common = dict(task=task, batch_size=int(batch_size or cfg.data.batch_size), seed=seed,
                   buckets=tuple(cfg.data.buckets), image=image, augment=augment, text=text,
                   worker_count=int(cfg.data.worker_count) if train else 0,
@@ -288,8 +289,10 @@ def eval_examples(cfg, workdir: str, io: ModelIO, *, split: Optional[str] = None
             rid = as_text(record["id"]).replace("/", ":")
             study = as_text(record["study_id"])
             if task == "report":
-                yield EvalExample.report(rid, image, as_text(record["findings"]), region=as_text(record["region"]),
-                                         study_id=study)
+                en = cfg.data.report_language == "en"
+                yield EvalExample.report(rid, image, as_text(record["findings_en" if en else "findings"]),
+                                         region=as_text(record["region"]), study_id=study,
+                                         language=cfg.data.report_language)
             else:
                 conv = json.loads(as_text(record["conversation"]))
                 conv["id"] = rid

@@ -52,7 +52,8 @@ def evaluate(cfg, workdir: str, *, mesh=None, progress: bool = True) -> dict:
                               template=cfg.data.template)
     out = os.path.join(os.path.abspath(workdir), "eval")
     kw = dict(decoding=decoding, tasks=tuple(cfg.eval.tasks), mesh=mesh,
-              bertscore_model=cfg.eval.bertscore_model or None, progress=progress)
+              bertscore_model=cfg.eval.bertscore_model or None, progress=progress,
+              language=cfg.data.report_language)
     metrics = run_eval(model, tokenizer, data_jobs.eval_examples(cfg, workdir, io), out, **kw)
     summary = {"split": cfg.eval.split, "model": _headline(metrics)}
     if cfg.eval.blank_baseline:
@@ -84,7 +85,8 @@ def write_viewer(cfg, workdir: str, out: str) -> str:
     salt = data_jobs.salt_of(cfg)
     refs = [r for r in list_studies(data_jobs.manual_dir(cfg, workdir)) if study_id(r, salt) in wanted]
     walk = iter_studies(refs, salt=salt)
-    result = write_pages(pages_from_predictions(records, walk), os.path.join(out, "viewer"))
+    pages = pages_from_predictions(records, walk, language=cfg.data.report_language)
+    result = write_pages(pages, os.path.join(out, "viewer"))
     return result["index"]
 
 

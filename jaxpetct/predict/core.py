@@ -43,13 +43,14 @@ class Preprocess:
     image: ImageConfig = ImageConfig()
     tokenizer: str = MISTRAL_V1  # "mistral-v1", or "export" for the tokenizer folder inside the export's llm/
     decoding: DecodingConfig = DecodingConfig()
+    language: str = "vi"  # the reports the model was trained on: its instructions, report.json keys, extractor
 
     def to_json(self) -> dict:
         return {"record_shape": list(self.record_shape), "region_overlap_mm": self.region_overlap_mm,
                 "include_whole_body": self.include_whole_body,
                 "image": {**dataclasses.asdict(self.image), "shape": list(self.image.shape),
                           "channels": list(self.image.channels)},
-                "tokenizer": self.tokenizer, "decoding": self.decoding.to_json()}
+                "tokenizer": self.tokenizer, "decoding": self.decoding.to_json(), "language": self.language}
 
     @classmethod
     def from_json(cls, obj: Mapping) -> "Preprocess":
@@ -59,7 +60,7 @@ class Preprocess:
             img = dict(obj["image"])
             img.update(shape=tuple(img["shape"]), channels=tuple(img["channels"]))
             return cls(tuple(obj["record_shape"]), float(obj["region_overlap_mm"]), bool(obj["include_whole_body"]),
-                       ImageConfig(**img), str(obj["tokenizer"]), DecodingConfig(**dec))
+                       ImageConfig(**img), str(obj["tokenizer"]), DecodingConfig(**dec), str(obj.get("language", "vi")))
         except (KeyError, TypeError, ValueError) as e:
             raise PredictError(f"vision_config.json: preprocess is malformed ({type(e).__name__}: {e})") from None
 
@@ -74,7 +75,8 @@ def preprocess_of(cfg, input_shape: tuple) -> Preprocess:
                               batch_size=int(cfg.eval.batch_size), length_buckets=tuple(cfg.data.buckets),
                               template=cfg.data.template)
     tokenizer = MISTRAL_V1 if cfg.data.tokenizer == MISTRAL_V1 else "export"
-    return Preprocess(tuple(cfg.data.record_shape), DEFAULT_OVERLAP_MM, False, image, tokenizer, decoding)
+    return Preprocess(tuple(cfg.data.record_shape), DEFAULT_OVERLAP_MM, False, image, tokenizer, decoding,
+                      cfg.data.report_language)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +132,7 @@ class Predictor:
         for region, image in volumes:
             x = model_images(image, self.pre.image, AugmentConfig(), None)
             out.append(EvalExample.report(f"{study.study_id}:{region.name}", x, "", region=region.name,
-                                          study_id=study.study_id))
+                                          study_id=study.study_id, language=self.pre.language))
         return out, {r.name: r.section for r, _ in volumes}, tuple(split.notes)
 
     def predict(self, study: Study) -> Prediction:

@@ -14,7 +14,7 @@ import os
 from typing import Optional
 
 from jaxpetct.atomic import write_text
-from jaxpetct.eval.lesions import extract_lesions
+from jaxpetct.eval.lesions_en import extractor_for
 from jaxpetct.eval.viewer import StudyPage, render_page, section_label
 from jaxpetct.predict.core import Prediction, PredictError, Predictor
 from jaxpetct.predict.inputs import MAX_UNZIPPED_BYTES, InputError, opened
@@ -38,18 +38,21 @@ class PredictSummary:
                 "skipped_example": self.skipped_example}
 
 
-def write_study(pred: Prediction, study: Study, out_dir: str) -> str:
-    """The three files of one study; returns its folder."""
+def write_study(pred: Prediction, study: Study, out_dir: str, language: str = "vi") -> str:
+    """The three files of one study (report.json with the release's keys: reports/ or, English, reports_en/);
+    returns its folder."""
     folder = os.path.join(out_dir, pred.study_id)
     os.makedirs(folder, exist_ok=True)
     findings = pred.findings
     report = Report(impression="", findings={s: findings.get(s, "") for s in SECTIONS})
-    write_text(os.path.join(folder, "report.json"), json.dumps(report_to_json(report), ensure_ascii=False, indent=1))
-    lesions = {s: [les.to_json() for les in extract_lesions(text)] for s, text in findings.items()}
+    write_text(os.path.join(folder, "report.json"),
+               json.dumps(report_to_json(report, english=language == "en"), ensure_ascii=False, indent=1))
+    extract = extractor_for(language)
+    lesions = {s: [les.to_json() for les in extract(text)] for s, text in findings.items()}
     write_text(os.path.join(folder, "lesions.json"),
                json.dumps({"study_id": pred.study_id, "sections": lesions}, ensure_ascii=False, indent=1))
     page = dataclasses.replace(StudyPage.from_study(study, {section_label(r): t for r, t in pred.regions.items()}, None),
-                               index_link=False)
+                               index_link=False, language=language)
     write_text(os.path.join(folder, "viewer.html"), render_page(page)[0])
     return folder
 
@@ -85,7 +88,7 @@ def predict_path(predictor: Predictor, path: str, out_dir: str, *, salt: Optiona
         for ref in tqdm(refs, desc="predict", unit="study", disable=not progress):
             try:
                 study = cohort.load_study(ref, salt=salt)
-                write_study(predictor.predict(study), study, out_dir)
+                write_study(predictor.predict(study), study, out_dir, predictor.pre.language)
                 summary.predicted.append(study.study_id)
             except StudyError as e:
                 summary.failed.append({"study": e.study, "file": e.file, "reason": e.reason})

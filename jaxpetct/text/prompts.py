@@ -265,12 +265,37 @@ def _variant(options: Sequence[str], seed: Optional[int], *salt: object) -> str:
     return options[0] if seed is None else _seeded.pick(_seeded.rng(seed, *salt), options)
 
 
-def report_instruction(region: Optional[str] = None, seed: Optional[int] = None) -> str:
-    """Vietnamese instruction for a region's findings (or, region None, the whole report). seed None: canonical."""
+# English, for data.report_language = "en" (the release's reports_en translations); same structure.
+EN_REGION_PHRASES = {HEAD_NECK: "the head and neck", CHEST: "the chest", ABDOMEN_PELVIS: "the abdomen and pelvis",
+                     MUSCULOSKELETAL: "the musculoskeletal system"}
+EN_REGION_INSTRUCTIONS = (
+    "Describe the PET/CT findings of {region} for this patient.",
+    "Describe the findings on the PET/CT images of {region}.",
+    "Based on the PET/CT images, write the findings section for {region}.",
+    "List any abnormalities on the PET/CT images of {region}, with location, size and FDG uptake.",
+    "Write the findings of the PET/CT report for {region}.",
+)
+EN_STUDY_INSTRUCTIONS = (
+    "Describe the whole-body PET/CT of this patient and give the impression.",
+    "Write a whole-body PET/CT report with findings by region and an impression.",
+    "Based on the whole-body PET/CT, describe the findings and conclude.",
+    "Read this whole-body PET/CT: findings and impression.",
+)
+LANGUAGES = ("vi", "en")
+
+
+def report_instruction(region: Optional[str] = None, seed: Optional[int] = None, language: str = "vi") -> str:
+    """The instruction for a region's findings (or, region None, the whole report) in `language` ("vi", "en");
+    seed None: canonical."""
+    if language not in LANGUAGES:
+        raise PromptError(f"report language {language!r}; use one of {LANGUAGES}")
     section = region_section(region)
+    en = language == "en"
     if section is None:
-        return _variant(STUDY_INSTRUCTIONS, seed, "study-instruction")
-    return _variant(REGION_INSTRUCTIONS, seed, "region-instruction", section).format(region=REGION_PHRASES[section])
+        return _variant(EN_STUDY_INSTRUCTIONS if en else STUDY_INSTRUCTIONS, seed, "study-instruction")
+    phrase = (EN_REGION_PHRASES if en else REGION_PHRASES)[section]
+    return _variant(EN_REGION_INSTRUCTIONS if en else REGION_INSTRUCTIONS, seed, "region-instruction",
+                    section).format(region=phrase)
 
 
 def comparison_instruction(seed: Optional[int] = None) -> str:
@@ -283,10 +308,10 @@ def image_turn(text: str) -> str:
 
 
 def report_messages(target: Optional[str], region: Optional[str] = None, seed: Optional[int] = None,
-                    system: Optional[str] = None) -> list[Message]:
+                    system: Optional[str] = None, language: str = "vi") -> list[Message]:
     """The report-generation conversation for a region or the study; target None gives the prompt alone."""
     msgs = [Message("system", system)] if system is not None else []
-    msgs.append(Message("user", image_turn(report_instruction(region, seed))))
+    msgs.append(Message("user", image_turn(report_instruction(region, seed, language))))
     if target is not None:
         msgs.append(Message("assistant", target))
     return msgs

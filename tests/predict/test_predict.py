@@ -161,3 +161,25 @@ def test_prediction_equals_the_record_path_of_evaluation(export_dir, tmp_path):
 
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def test_an_english_model_writes_english_reports(dicom_cohort, tmp_path):
+    """An export whose preprocess says "en" is asked in English and writes reports_en's keys."""
+    model = tiny_vlm()
+    pre = Preprocess(record_shape=(16, 32, 32), image=ImageConfig(shape=tuple(model.encoder.cfg.input_shape[1:])),
+                     decoding=DECODING, language="en")
+    export = export_vlm(model, tmp_path / "export", preprocess=pre.to_json())
+    predictor = Predictor.from_export(export)
+    assert predictor.pre.language == "en"
+    examples, _, _ = predictor.examples(_one_study(dicom_cohort / "study_0004"))
+    assert examples[0].turns[0][0].startswith("Describe the PET/CT findings of")
+    summary = predict_path(predictor, str(dicom_cohort / "study_0004"), str(tmp_path / "out"), salt="s", progress=False)
+    report = json.loads((tmp_path / "out" / summary.predicted[0] / "report.json").read_text("utf-8"))
+    assert set(report) == {"Impression", "Findings"} and len(report["Findings"]) == 4
+
+
+def _one_study(folder):
+    from jaxpetct.studies import cohort
+
+    [ref] = cohort.list_studies(str(folder))
+    return cohort.load_study(ref, salt="s")

@@ -237,3 +237,27 @@ def test_clip_with_a_short_text_tower_cuts_texts_instead_of_a_nan(built, tmp_pat
     losses = [m["loss"] for m in read_metrics(str(tmp_path / "encoder_pretrain" / "metrics.jsonl")) if "loss" in m]
     assert losses and all(np.isfinite(losses)), losses
     assert caplog.text.count("exceeds the text tower's 11 usable positions") == 1
+
+
+def test_english_reports_train_and_evaluate(built, tmp_path):
+    """data.report_language='en': the stage trains on findings_en with English instructions; eval scores English
+    references with English tokens and the English lesion extractor, and writes the viewer."""
+    import json
+
+    from jaxpetct.jobs import evaluation, resolve_config
+
+    _, make_cfg = built
+    cfg = make_cfg(tmp_path)
+    cfg.order = ("align",)
+    cfg.stages.align.update(steps=2, save_every=2)
+    cfg.data.report_language = "en"
+    cfg.eval.update(max_examples=3, max_new_tokens=8, batch_size=4, blank_baseline=False, lesion_probe=False)
+    cfg = resolve_config(cfg)
+    training.train(cfg, str(tmp_path), mesh=one_device(), progress=False)
+    evaluation.evaluate(cfg, str(tmp_path), mesh=one_device(), progress=False)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text("utf-8"))
+    preds = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text("utf-8").splitlines()]
+    assert metrics["report_language"] == "en" and "F1-T" in metrics["tasks"]["report"]
+    assert all(p["prompt"].startswith("Describe the PET/CT findings of the") for p in preds)
+    assert any("FDG" in p["reference"] and "lymph node" in p["reference"] or "No " in p["reference"] for p in preds)
+    assert (tmp_path / "eval" / "viewer" / "index.html").is_file()
