@@ -10,7 +10,9 @@ reference answer states that value, the generated answer is scored on it alone (
 - suvmax_bin: the SUVmax's bin, < 2.5 / 2.5-5 / 5-10 / >= 10 (the usual reading thresholds: a value off by 0.1
   is the same finding, a value in another bin is not);
 - location: the location group of the lesion vocabulary (head-neck, thorax, mediastinum, abdomen, pelvis,
-  musculoskeletal).
+  musculoskeletal);
+- lesion_type: the type category of the lesion vocabulary (lymph node, nodule, mass, cyst, bone lesion, ...),
+  asked of the lesion at a named place ("Tổn thương ở ... là loại tổn thương gì?", generated from lesion tables).
 
 A question whose reference states no such value is not counted. A generated answer that states none is wrong.
 """
@@ -19,16 +21,17 @@ from __future__ import annotations
 import re
 from typing import Mapping, Optional, Sequence
 
-from jaxpetct.eval.lesion_vocab import OTHER, find_location, parse_suv
+from jaxpetct.eval.lesion_vocab import OTHER, find_location, find_type_head, parse_suv
 from jaxpetct.text.vietnamese import normalize_for_matching
 
-KINDS = ("yes_no", "count", "suvmax_bin", "location")
+KINDS = ("yes_no", "count", "suvmax_bin", "location", "lesion_type")
 SUV_BINS = (2.5, 5.0, 10.0)
 # With their accents: folded, "năm" (five) is "nằm" (lies) and "sáu" (six) is "sau" (after).
 _NUMBER_WORDS = {"một": 1, "hai": 2, "ba": 3, "bốn": 4, "năm": 5, "sáu": 6, "bảy": 7, "tám": 8, "chín": 9, "mười": 10}
 _ASKS = {"count": re.compile(r"\b(co bao nhieu|so luong)\b"),
          "location": re.compile(r"\b(vi tri nao|o dau|nam o vung nao)\b"),
-         "suvmax_bin": re.compile(r"\b(suv ?max|muc do chuyen hoa|dac diem chuyen hoa)\b")}
+         "suvmax_bin": re.compile(r"\b(suv ?max|muc do chuyen hoa|dac diem chuyen hoa)\b"),
+         "lesion_type": re.compile(r"\b(loai ton thuong gi|la loai gi|thuoc loai nao)\b")}
 _WORD = re.compile(r"\w+")
 _SUV = re.compile(r"suv\s*max[^0-9]{0,20}(\d+(?:[.,]\d+)?)")
 
@@ -44,7 +47,7 @@ def question_kind(question: str) -> Optional[str]:
         return "yes_no"
     if "kich thuoc" in q:
         return None
-    for kind in ("count", "suvmax_bin", "location"):
+    for kind in ("lesion_type", "count", "suvmax_bin", "location"):
         if _ASKS[kind].search(q):
             return kind
     return None
@@ -71,6 +74,9 @@ def answer_value(kind: str, answer: str):
     if kind == "location":
         hit = find_location(normalize_for_matching(answer or ""))
         return hit[0] if hit and hit[0] != OTHER else None
+    if kind == "lesion_type":
+        hit = find_type_head(normalize_for_matching(answer or ""))
+        return hit[0] if hit else None
     raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
 
 

@@ -144,6 +144,7 @@ _SUV_Q = ("Mức độ chuyển hóa FDG của {the} ở {location} như thế n
 _UPTAKE_Q = ("{The} ở {location} có tăng chuyển hóa FDG không?",
              "Có tăng chuyển hóa FDG ở {the} tại {location} không?")
 _FINDINGS_Q = ("Hãy mô tả các phát hiện {where}.", "Hình ảnh PET/CT {where} cho thấy những gì?")
+_TYPE_Q = ("Tổn thương ở {location} là loại tổn thương gì?", "Bất thường ghi nhận ở {location} là loại gì?")
 
 
 def _where(region: Optional[str]) -> str:
@@ -157,10 +158,13 @@ def _per_lesion_pairs(lesions: Sequence[Lesion], avid: Sequence[Optional[bool]],
     out = []
     types = [nfc(lesion_name(les)).lower() for les in lesions]
     names = [(t, nfc(lesion_location(les)).lower()) for t, les in zip(types, lesions)]
+    places = [loc for _, loc in names]
     for i, les in enumerate(lesions):
         if not is_stated(les.location):
             continue
         the, loc = lesion_name(les), lesion_location(les)
+        if places.count(places[i]) == 1 and is_stated(les.type):  # the place alone names the lesion: its type
+            out.append(QAPair(q(_TYPE_Q, location=loc), f"Đó là {the}."))
         if types.count(types[i]) == 1 and is_stated(les.type):
             out.append(QAPair(q(_LOCATION_Q, The=upper_first(the), the=the),
                               f"{upper_first(the)} nằm ở {loc}."))

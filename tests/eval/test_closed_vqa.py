@@ -51,7 +51,7 @@ def test_generated_lesion_questions_are_scored_and_reach_metrics():
                Lesion(size="22 x 20 mm", type="Nốt", location="thùy trên phổi phải", suvmax="8,1", uptake="Có tăng")]
     pairs = lesion_qa(lesions, region=None, findings="Hạch cổ trái và nốt phổi phải tăng chuyển hoá FDG.")
     kinds = {question_kind(p.question) for p in pairs} - {None}
-    assert {"yes_no", "count"} <= kinds, [p.question for p in pairs]
+    assert {"yes_no", "count", "lesion_type", "suvmax_bin", "location"} <= kinds, [p.question for p in pairs]
     rows = [{"task": "vqa", "turn": 0, "prompt": p.question, "reference": p.answer, "generated": p.answer}
             for p in pairs]
     metrics = task_metrics(rows, "vqa")
