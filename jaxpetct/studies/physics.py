@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
-
 import numpy as np
 
 from jaxpetct.errors import UserError
@@ -86,20 +84,18 @@ def value_range(data: np.ndarray) -> tuple[float, float]:
     return float(arr.min()), float(arr.max())
 
 
-def check_volumes(ct, pet, pet_native: Optional[object] = None) -> None:
+def check_volumes(ct, pet) -> None:
     """The volume part of the gate for a study about to be written (CT in HU; PET checked only when in SUVbw).
-
-    `pet_native` is the PET on its own grid when `pet` was resampled (trilinear resampling lowers the maximum)."""
-    for modality, vol in (("CT", ct), ("PET", pet_native if pet_native is not None else pet)):
+    Readers pass the PET on its own grid: trilinear resampling onto the CT grid lowers its maximum."""
+    for modality, vol in (("CT", ct), ("PET", pet)):
         for spacing in vol.spacing_mm if vol.geometry_known else ():  # nominal spacing is not a measurement
             check("spacing", spacing, modality)
     if ct.units == "HU":
         low, high = value_range(ct.data)
         check("ct_lowest", low, "CT")
         check("ct_highest", high, "CT")
-    source = pet_native if pet_native is not None else pet
-    if source.units == "SUVbw":
-        low, high = value_range(source.data)
+    if pet.units == "SUVbw":
+        low, high = value_range(pet.data)
         if not math.isfinite(low):
             raise PhysicsError("PET", "PET holds non-finite values")
         check("suv_max", high, "PET")

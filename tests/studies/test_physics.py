@@ -76,15 +76,15 @@ def test_measured_spacing_is_gated_nominal_spacing_is_not(tmp_path):
     assert not _load(_manual_release(tmp_path / "b", _body_ct(), _body_pet())).ct.geometry_known
 
 
-def test_raw_pet_has_no_suv_to_gate_and_resampled_pet_is_checked_on_its_own_grid():
+def test_raw_pet_has_no_suv_to_gate_and_suv_pet_is_checked():
     ct = Volume(_body_ct().astype(np.float32), (3.0, 1.0, 1.0), "HU")
     raw = Volume(np.full((6, 4, 4), 0.001, np.float32), (3.0, 2.0, 2.0), "raw")
     physics.check_volumes(ct, raw)  # a vendor scale is not SUV: nothing to compare with
-    hot = Volume(_body_pet().astype(np.float32) / 1000, (3.0, 2.0, 2.0), "SUVbw")
-    blurred = Volume(np.full((6, 8, 8), 0.9, np.float32), (3.0, 1.0, 1.0), "SUVbw")
-    physics.check_volumes(ct, blurred, pet_native=hot)
+    physics.check_volumes(ct, Volume(_body_pet().astype(np.float32) / 1000, (3.0, 2.0, 2.0), "SUVbw"))
     with pytest.raises(physics.PhysicsError, match="PET SUVmax 0.9"):
-        physics.check_volumes(ct, blurred)
+        physics.check_volumes(ct, Volume(np.full((6, 4, 4), 0.9, np.float32), (3.0, 2.0, 2.0), "SUVbw"))
+    with pytest.raises(physics.PhysicsError, match="non-finite"):
+        physics.check_volumes(ct, Volume(np.full((6, 4, 4), np.nan, np.float32), (3.0, 2.0, 2.0), "SUVbw"))
 
 
 def test_inspect_refuses_what_the_build_refuses(tmp_path, capsys):
