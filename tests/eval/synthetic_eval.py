@@ -30,6 +30,19 @@ def tiny_vlm(vocab_size: int = 32000, seed: int = 0, prefix_lm: bool = False) ->
     return VLM(encoder, projector, Decoder(dec_cfg, rngs=nnx.Rngs(seed + 2)), prefix_lm=prefix_lm)
 
 
+def tiny_export(out_dir, decoding, language: str = "vi"):
+    """A tiny random VLM exported with the preprocess record prediction reads (records 16x32x32, the encoder's
+    own input grid): what the predict and serve tests load."""
+    from jaxpetct.data.inputs import ImageConfig
+    from jaxpetct.eval.export import export_vlm
+    from jaxpetct.predict import Preprocess
+
+    model = tiny_vlm()
+    pre = Preprocess(record_shape=(16, 32, 32), image=ImageConfig(shape=tuple(model.encoder.cfg.input_shape[1:])),
+                     decoding=decoding, language=language)
+    return export_vlm(model, out_dir, preprocess=pre.to_json())
+
+
 def encoder_input(ct: np.ndarray, pet: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """(2, D, H, W): PET (SUV/10) and CT (window 40/400 HU), each in [0, 1], resized to `shape`."""
     ct01 = np.clip((ct + 160.0) / 400.0, 0.0, 1.0)

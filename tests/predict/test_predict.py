@@ -12,14 +12,13 @@ import zipfile
 import numpy as np
 import pytest
 
-from jaxpetct.data.inputs import AugmentConfig, ImageConfig, model_images
-from jaxpetct.eval.export import export_vlm
+from jaxpetct.data.inputs import AugmentConfig, model_images
 from jaxpetct.eval.vlm_generate import DecodingConfig
-from jaxpetct.predict import Predictor, Preprocess, predict_path
+from jaxpetct.predict import Predictor, predict_path
 from jaxpetct.predict.__main__ import main
 from jaxpetct.studies import synthetic
 
-from tests.eval.synthetic_eval import tiny_vlm
+from tests.eval.synthetic_eval import tiny_export
 from tests.studies.test_phi_canary import _canaries, _leaks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,10 +28,7 @@ DECODING = DecodingConfig(max_new_tokens=8, batch_size=4, length_buckets=(128,))
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    model = tiny_vlm()
-    pre = Preprocess(record_shape=(16, 32, 32), image=ImageConfig(shape=tuple(model.encoder.cfg.input_shape[1:])),
-                     decoding=DECODING)
-    return export_vlm(model, tmp_path_factory.mktemp("model") / "export", preprocess=pre.to_json())
+    return tiny_export(tmp_path_factory.mktemp("model") / "export", DECODING)
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +161,7 @@ def _text(value) -> str:
 
 def test_an_english_model_writes_english_reports(dicom_cohort, tmp_path):
     """An export whose preprocess says "en" is asked in English and writes reports_en's keys."""
-    model = tiny_vlm()
-    pre = Preprocess(record_shape=(16, 32, 32), image=ImageConfig(shape=tuple(model.encoder.cfg.input_shape[1:])),
-                     decoding=DECODING, language="en")
-    export = export_vlm(model, tmp_path / "export", preprocess=pre.to_json())
+    export = tiny_export(tmp_path / "export", DECODING, language="en")
     predictor = Predictor.from_export(export)
     assert predictor.pre.language == "en"
     examples, _, _ = predictor.examples(_one_study(dicom_cohort / "study_0004"))

@@ -24,14 +24,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from jaxpetct.data.inputs import ImageConfig
-from jaxpetct.eval.export import export_vlm
 from jaxpetct.eval.vlm_generate import DecodingConfig
-from jaxpetct.predict import Preprocess, PredictSummary
+from jaxpetct.predict import PredictSummary
 from jaxpetct.serve import App, make_server
 from jaxpetct.studies import synthetic
 
-from tests.eval.synthetic_eval import tiny_vlm
+from tests.eval.synthetic_eval import tiny_export
 from tests.studies.test_phi_canary import _canaries, _leaks
 
 pytestmark = pytest.mark.integration
@@ -45,10 +43,7 @@ UPLOAD_NAME = "NGUYEN_VAN_CANARY_study.zip"  # a patient's name in the file name
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    model = tiny_vlm()
-    pre = Preprocess(record_shape=(16, 32, 32), image=ImageConfig(shape=tuple(model.encoder.cfg.input_shape[1:])),
-                     decoding=DECODING)
-    return export_vlm(model, tmp_path_factory.mktemp("model") / "export", preprocess=pre.to_json())
+    return tiny_export(tmp_path_factory.mktemp("model") / "export", DECODING)
 
 
 @pytest.fixture(scope="module")
