@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shutil
 import tempfile
 from typing import IO, Iterator, Union
 
@@ -40,3 +41,23 @@ def write_text(path: PathLike, text: str, *, mode: int = 0o644) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     with open_atomic(path, "w", file_mode=mode) as f:
         f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: PathLike) -> Iterator[pathlib.Path]:
+    """Yield a temporary sibling directory that replaces `target` only if the block succeeds."""
+    target = pathlib.Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -22,6 +22,8 @@ from jaxpetct.atomic import write_text
 from jaxpetct.errors import ConfigError  # noqa: F401 (public here: jobs raise it)
 from jaxpetct.studies.deid import DEMO_SALT, resolve_salt  # noqa: F401 (DEMO_SALT: public here too)
 from jaxpetct.data.records import as_text
+from jaxpetct.text import corpus_tokenizer
+from jaxpetct.text.corpus_tokenizer import CORPUS
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,56 @@ def build(cfg, workdir: str, *, progress: bool = True, names: Optional[list[str]
                 write_text(stamp, settings)
         for line in out[name].lines():
             log.info(line)
+    corpus = train_tokenizer(cfg, workdir)
+    if corpus is not None:
+        log.info("corpus tokenizer: %d pieces from %d texts of the training split%s", corpus["vocab_size"],
+                 corpus["texts"], " (reused)" if corpus.get("reused") else "")
     return out
+
+
+def tokenizer_dir(cfg, workdir: str) -> str:
+    """Where `data.tokenizer='corpus'` keeps the tokenizer trained at build time: beside the datasets it comes from
+    (in a multi-host job that is storage every host reads)."""
+    return os.path.join(data_dir(cfg, workdir), "corpus_tokenizer")
+
+
+def tokenizer_spec(cfg, workdir: str) -> str:
+    """The LLM tokenizer as `load_tokenizer` takes it: "mistral-v1", an HF folder, or the corpus tokenizer's folder."""
+    if not cfg.data.tokenizer:
+        raise ConfigError("data.tokenizer is empty: set it to 'mistral-v1', 'corpus' or the LLM's tokenizer directory")
+    if cfg.data.tokenizer != CORPUS:
+        return cfg.data.tokenizer
+    d = tokenizer_dir(cfg, workdir)
+    if not os.path.isfile(os.path.join(d, "tokenizer.model")):
+        raise FileNotFoundError(f"data.tokenizer='corpus': no tokenizer under {d}: run `python launch.py --mode build` "
+                                "with the same config first (it trains the tokenizer on the training split)")
+    return d
+
+
+def train_tokenizer(cfg, workdir: str) -> Optional[dict]:
+    """With data.tokenizer='corpus', train (or reuse, when the corpus is unchanged) the SentencePiece model on the
+    training mixture's texts; its size is the decoder's vocabulary (model.decoder.vocab_size)."""
+    if cfg.data.tokenizer != CORPUS:
+        return None
+    from jaxpetct.data.corpus import conversation_texts
+    from jaxpetct.models.factory import decoder_config
+
+    text = TextConfig(template=cfg.data.template, paraphrase_prob=float(cfg.data.paraphrase_prob),
+                      language=cfg.data.report_language)
+    parts = [(name, task) for name, task, _ in cfg.data.train_mix]
+    if "vqa" in tuple(cfg.eval.tasks):
+        parts.append(("vqa", "vqa"))
+    texts = []
+    for name, task in dict.fromkeys(parts):
+        src = source(cfg, workdir, name, "train")
+        texts += conversation_texts((src[i] for i in range(len(src))), task, text, seed=int(cfg.seed))
+    vocab = decoder_config(cfg.model.decoder).vocab_size
+    out = tokenizer_dir(cfg, workdir)
+    stamp = corpus_tokenizer.fingerprint(texts, vocab)
+    if corpus_tokenizer.is_current(out, stamp):
+        with open(os.path.join(out, corpus_tokenizer.STAMP), encoding="utf-8") as f:
+            return {**json.load(f), "reused": True}
+    return corpus_tokenizer.train(texts, out, vocab)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +241,7 @@ def require_data(cfg, workdir: str) -> None:
     builds it otherwise): training and evaluation never build as a side effect."""
     for name in dataset_names(cfg):
         dataset_path(cfg, workdir, name)
+    tokenizer_spec(cfg, workdir)
 
 
 def dataset_path(cfg, workdir: str, name: str) -> str:
@@ -211,15 +263,13 @@ def source(cfg, workdir: str, name: str, split: str):
     return pipeline.open_source(dataset_path(cfg, workdir, name), split)
 
 
-def text_tokenizer(cfg, task: Optional[str]):
+def text_tokenizer(cfg, workdir: str, task: Optional[str]):
     """The LLM's tokenizer, or for the CLIP task the text tower's own (a PhoBERT/RoBERTa checkpoint folder)."""
     if task == "clip" and cfg.model.text_encoder.get("hf_dir"):
         from jaxpetct.text.encoder_tokenizer import ContentTokenizer
 
         return ContentTokenizer(cfg.model.text_encoder.hf_dir)
-    if not cfg.data.tokenizer:
-        raise ConfigError("data.tokenizer is empty: set it to 'mistral-v1' or the LLM's tokenizer directory")
-    return cfg.data.tokenizer
+    return tokenizer_spec(cfg, workdir)
 
 
 def train_iterator(cfg, workdir: str, io: ModelIO, *, task_override: Optional[str] = None, seed: int = 0,
@@ -227,7 +277,7 @@ def train_iterator(cfg, workdir: str, io: ModelIO, *, task_override: Optional[st
     """A checkpointable Grain iterator over this host's shard of the training mixture."""
     config = loader_config(cfg, io, train=True, seed=seed, batch_size=batch_size, task=task_override or "report",
                            workdir=workdir)
-    tokenizer = text_tokenizer(cfg, task_override)
+    tokenizer = text_tokenizer(cfg, workdir, task_override)
     if task_override == "lesion_map":  # lesion centres are placed on region records only
         parts = [(source(cfg, workdir, "regions", "train"), "lesion_map", 1.0)]
     else:
@@ -253,7 +303,7 @@ def val_batches(cfg, workdir: str, io: ModelIO, *, task: str = "report", split: 
     src = source(cfg, workdir, "regions", split)
     if len(src) == 0:
         return None
-    return pipeline.make_dataset(src, text_tokenizer(cfg, task), config, shard_index=jax.process_index(),
+    return pipeline.make_dataset(src, text_tokenizer(cfg, workdir, task), config, shard_index=jax.process_index(),
                                  shard_count=jax.process_count())
 
 

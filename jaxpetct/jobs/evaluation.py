@@ -45,7 +45,7 @@ def _write_json(path: str, obj) -> None:
 def evaluate(cfg, workdir: str, *, mesh=None, progress: bool = True) -> dict:
     model = training.final_model(cfg, workdir, mesh=mesh)
     io = training.model_io(model)
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    tokenizer = load_tokenizer(data_jobs.tokenizer_spec(cfg, workdir))
     decoding = DecodingConfig(max_new_tokens=int(cfg.eval.max_new_tokens), temperature=float(cfg.eval.temperature),
                               top_k=int(cfg.eval.top_k), top_p=float(cfg.eval.top_p), seed=int(cfg.seed),
                               batch_size=int(cfg.eval.batch_size), length_buckets=tuple(cfg.data.buckets),
@@ -99,7 +99,7 @@ def export(cfg, workdir: str, *, mesh=None) -> str:
     out = os.path.join(os.path.abspath(workdir), "export")
     dtype = None if cfg.export.dtype in ("", "float32") else cfg.export.dtype
     pre = preprocess_of(cfg, training.model_io(model).input_shape).to_json()
-    export_vlm(model, out, tokenizer=cfg.data.tokenizer, template=cfg.data.template, dtype=dtype, preprocess=pre)
+    export_vlm(model, out, tokenizer=data_jobs.tokenizer_spec(cfg, workdir), template=cfg.data.template, dtype=dtype, preprocess=pre)
     barrier("jaxpetct:export-written")  # every process gathers weights; process 0 writes; all return after
     return out
 
@@ -115,7 +115,7 @@ def predict(cfg, workdir: str, *, mesh=None, progress: bool = True) -> dict:
         raise ConfigError("--mode predict runs on one process; start launch.py without multi-host flags")
     model = training.final_model(cfg, workdir, mesh=mesh)
     pre = preprocess_of(cfg, training.model_io(model).input_shape)
-    predictor = Predictor(model, load_tokenizer(cfg.data.tokenizer), pre, mesh=mesh)
+    predictor = Predictor(model, load_tokenizer(data_jobs.tokenizer_spec(cfg, workdir)), pre, mesh=mesh)
     out = cfg.predict.out or os.path.join(os.path.abspath(workdir), "predict")
     summary = predict_path(predictor, cfg.predict.input, out, salt=cfg.salt or None, progress=progress)
     return {"out": out, **summary.to_json()}

@@ -7,13 +7,10 @@ and stacked layer parameters filled layer by layer into a preallocated sharded b
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +22,7 @@ from safetensors.numpy import save_file
 
 from jaxpetct.parallel.mesh import single_device_mesh
 from jaxpetct.parallel.rules import LOGICAL_RULES, named_sharding, logical_axes_of
+from jaxpetct.atomic import atomic_directory  # noqa: F401 (public here: hf_io and export use it)
 from jaxpetct.errors import UserError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -204,23 +202,3 @@ def write_safetensors(directory: Union[str, os.PathLike], tensors: Iterable[tupl
              "weight_map": {n: names[i] for n, i in sorted(weight_map.items())}}
     (directory / INDEX_NAME).write_text(json.dumps(index, indent=2))
     return names + [INDEX_NAME]
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Union[str, os.PathLike]) -> Iterator[pathlib.Path]:
-    """Yield a temporary sibling directory that replaces `target` only if the block succeeds."""
-    target = pathlib.Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
