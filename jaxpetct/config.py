@@ -110,7 +110,10 @@ class Data:
     # Report language: "vi", or "en" to train and evaluate on the release's English reports (reports_en; English
     # instructions, the English lesion vocabulary for clinical F1). English has report pairs only: no G, C or VQA.
     report_language: str = "vi"
-    tokenizer: str = "mistral-v1"  # or an HF tokenizer directory
+    # "mistral-v1" (the paper's LLM), an HF tokenizer directory, or "corpus": a SentencePiece model of
+    # model.decoder.vocab_size pieces trained at build time on the training texts (text/corpus_tokenizer.py says why
+    # the tiny default, whose decoder is random, uses it)
+    tokenizer: str = "corpus"
     template: str = "mistral"
     max_length: int = 384
     buckets: tuple[int, ...] = (128, 256, 384)
@@ -160,7 +163,7 @@ class Model:
     encoder: dict = _dict(preset="tiny", channels=2, depth=32, height=64, width=64, patch_size=8,
                           temporal_patch_size=4, dim=32, patch_input_norm=False, lesion_channel=True)
     projector: Projector = dataclasses.field(default_factory=Projector)
-    decoder: dict = _dict(preset="tiny", hf_dir="")  # open: preset + DecoderConfig fields; hf_dir = weights
+    decoder: dict = _dict(preset="tiny", hf_dir="", vocab_size=1024)  # open: preset + DecoderConfig fields; hf_dir = weights
     lora: Lora = dataclasses.field(default_factory=Lora)
     prefix_lm: bool = False
     freeze_encoder: bool = True
@@ -240,7 +243,7 @@ def _demo_stages() -> dict:
         encoder_pretrain=Stage(steps=1200, peak_lr=1e-3, weight_decay=1e-4, log_every=20, save_every=400,
                                best_metric="", objective="lesion_map"),
         lm_pretrain=Stage(steps=200, peak_lr=3e-3),
-        full=Stage(steps=500, peak_lr=3e-3, save_every=250),
+        full=Stage(steps=600, peak_lr=3e-3, save_every=300),
         align=Stage(steps=150, peak_lr=2e-3, save_every=50),
         lora=Stage(steps=300, peak_lr=2e-3, eval_every=100))
 
