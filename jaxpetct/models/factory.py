@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -124,12 +125,18 @@ def build_decoder(cfg: Mapping, *, seed: int, mesh=None) -> Decoder:
     return init_sharded(make, mesh) if mesh is not None else make()
 
 
-def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool = True) -> VLM:
-    """CT-ViT -> projector -> decoder (+ LoRA adapters when the config asks and `with_lora`)."""
-    model_cfg = _plain(model_cfg)
-    check(model_cfg)
+def _created(make, mesh=None):
+    """A module built by `make` (which creates its own Rngs) in one compiled program, every parameter made in its
+    shard. Eager NNX init compiles one small XLA program per parameter shape: ~5 s for the tiny CT-ViT alone, paid
+    again by every stage, evaluation and export of a run."""
+    if mesh is not None:
+        return init_sharded(make, mesh)
+    graphdef, _ = nnx.split(nnx.eval_shape(make))
+    return nnx.merge(graphdef, jax.jit(lambda: nnx.state(make()))())  # also inside a trace (plan's eval_shape)
+
+
+def _vlm_parts(model_cfg: dict, decoder: Decoder, seed: int, lora: Optional[LoRAConfig]) -> VLM:
     enc_cfg = encoder_config(model_cfg.get("encoder"))
-    decoder = build_decoder(model_cfg.get("decoder"), seed=seed + 1, mesh=mesh)
     proj = section(model_cfg, "projector")
     for k in ("dtype", "param_dtype"):
         if k in proj:
@@ -139,24 +146,35 @@ def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool =
     encoder = CTViT(enc_cfg, rngs=rngs)
     projector = Projector(pcfg, rngs=rngs)
     model = VLM(encoder, projector, decoder, **{k: model_cfg[k] for k in _VLM_FLAGS if k in model_cfg})
-    lora = lora_config(model_cfg.get("lora")) if with_lora else None
     if lora is not None:
         apply_lora(model.decoder, lora, nnx.Rngs(params=seed + 3, dropout=seed + 4))
+    return model
+
+
+def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool = True) -> VLM:
+    """CT-ViT -> projector -> decoder (+ LoRA adapters when the config asks and `with_lora`)."""
+    model_cfg = _plain(model_cfg)
+    check(model_cfg)
+    lora = lora_config(model_cfg.get("lora")) if with_lora else None
+    if not section(model_cfg, "decoder").get("hf_dir"):  # all random: one init program
+        dcfg = decoder_config(model_cfg.get("decoder"))
+        return _created(lambda: _vlm_parts(model_cfg, Decoder(dcfg, rngs=nnx.Rngs(seed + 1)), seed, lora), mesh)
+    model = _vlm_parts(model_cfg, build_decoder(model_cfg.get("decoder"), seed=seed + 1, mesh=mesh), seed, lora)
     if mesh is not None:
-        state = place_state(nnx.state(model), mesh)
-        nnx.update(model, state)
+        nnx.update(model, place_state(nnx.state(model), mesh))
     return model
 
 
 def build_lesion_mapper(model_cfg: Mapping, *, pos_weight: float, seed: int = 0, mesh=None) -> LesionMapper:
     """The lesion-map encoder pre-training model: CT-ViT + a per-token lesion-centre head."""
     model_cfg = _plain(model_cfg)
-    rngs = nnx.Rngs(seed)
-    model = LesionMapper(CTViT(encoder_config(model_cfg.get("encoder")), rngs=rngs), pos_weight=pos_weight,
-                         rngs=rngs)
-    if mesh is not None:
-        nnx.update(model, place_state(nnx.state(model), mesh))
-    return model
+    enc_cfg = encoder_config(model_cfg.get("encoder"))
+
+    def make():
+        rngs = nnx.Rngs(seed)
+        return LesionMapper(CTViT(enc_cfg, rngs=rngs), pos_weight=pos_weight, rngs=rngs)
+
+    return _created(make, mesh)
 
 
 def build_clip(model_cfg: Mapping, *, seed: int = 0, mesh=None) -> VolumeTextCLIP:
@@ -164,15 +182,20 @@ def build_clip(model_cfg: Mapping, *, seed: int = 0, mesh=None) -> VolumeTextCLI
     model_cfg = _plain(model_cfg)
     enc_cfg = encoder_config(model_cfg.get("encoder"))
     text = section(model_cfg, "text_encoder")
-    rngs = nnx.Rngs(seed)
+    clip = section(model_cfg, "clip")
     if text.get("hf_dir"):
-        text_model = load_roberta(text["hf_dir"])
-    else:
-        preset = text.pop("preset", "tiny")
-        text.pop("hf_dir", None)
-        rcfg = RobertaConfig.tiny(**text) if preset == "tiny" else RobertaConfig.phobert_base(**text)
-        text_model = RobertaEncoder(rcfg, rngs=rngs)
-    model = VolumeTextCLIP(CTViT(enc_cfg, rngs=rngs), text_model, **section(model_cfg, "clip"), rngs=rngs)
-    if mesh is not None:
-        nnx.update(model, place_state(nnx.state(model), mesh))
-    return model
+        rngs = nnx.Rngs(seed)
+        model = VolumeTextCLIP(CTViT(enc_cfg, rngs=rngs), load_roberta(text["hf_dir"]), **clip, rngs=rngs)
+        if mesh is not None:
+            nnx.update(model, place_state(nnx.state(model), mesh))
+        return model
+    preset = text.pop("preset", "tiny")
+    text.pop("hf_dir", None)
+    rcfg = RobertaConfig.tiny(**text) if preset == "tiny" else RobertaConfig.phobert_base(**text)
+
+    def make():
+        rngs = nnx.Rngs(seed)
+        text_model = RobertaEncoder(rcfg, rngs=rngs)  # first: the order of draws from rngs fixes the weights
+        return VolumeTextCLIP(CTViT(enc_cfg, rngs=rngs), text_model, **clip, rngs=rngs)
+
+    return _created(make, mesh)
