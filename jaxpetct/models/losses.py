@@ -9,8 +9,9 @@ the head is multiplied three times per step (logits, d hidden, d head), as with 
 the vocabulary instead (a running logsumexp) must recompute every chunk's logits in the backward pass, a fourth
 head matmul (25 % more head FLOPs; on the demo's 2-core CPU that was ~30 % of a step). A frozen head (align and
 LoRA stages) costs two: `symbolic_zeros` tells the forward pass which inputs are being differentiated, and the
-head's gradient is not formed when nobody asks for it. The gradient is exact (not an approximation): results match
-the full-logits loss to float rounding.
+head's gradient is not formed when nobody asks for it. Blocks with no loss-bearing token are skipped, and the
+tokens with loss are packed into the first blocks, so an instruction-tuning batch pays the head only for its answer
+tokens. The gradient is exact (not an approximation): results match the full-logits loss to float rounding.
 """
 from __future__ import annotations
 
@@ -41,28 +42,40 @@ def _block_loss(h, weight, targets, weights):
 
 
 def _loss_and_grads(h, weight, targets, weights, block: int, need_h: bool, need_w: bool):
-    """(loss, d loss / d h or None, d loss / d weight or None): one pass over the token blocks."""
-    n = h.shape[0]
-    vocab = weight.shape[1]
-    xs = (_blocks(h, block), _blocks(targets, block), _blocks(weights, block))
+    """(loss, d loss / d h or None, d loss / d weight or None): one pass over the token blocks.
 
-    def body(dw, x):
-        hb, tb, wb = x
+    Tokens with loss go first (a stable sort on weight == 0), so the blocks holding only loss-free tokens -- an
+    instruction batch's prompts, image tokens and padding, ~60 % of its positions -- come last and are skipped
+    (`lax.cond`): the head is multiplied for the answer tokens only, rounded up to a block."""
+    n, d = h.shape
+    vocab = weight.shape[1]
+    order = jnp.argsort(weights == 0, stable=True).astype(jnp.int32)
+    xs = (_blocks(order, block), _blocks(targets[order], block), _blocks(weights[order], block))
+
+    def live(dw, ib, tb, wb):
+        hb = h[ib]
         logits, lse, loss = _block_loss(hb, weight, tb, wb)
         if not (need_h or need_w):
-            return dw, (loss, None)
+            return dw, loss, None
         # d loss / d logits = weight * (softmax - one_hot(target)), one fused elementwise pass over the block.
         p = jnp.exp(logits - lse[:, None]) * wb[:, None]
         p = jnp.where(jnp.arange(vocab)[None, :] == tb[:, None], p - wb[:, None], p).astype(h.dtype)
         dh = jax.lax.dot_general(p, weight, _HD, preferred_element_type=jnp.float32) if need_h else None
         if need_w:
             dw = dw + jax.lax.dot_general(hb, p, _DV, preferred_element_type=jnp.float32)
+        return dw, loss, dh
+
+    def dead(dw, ib, tb, wb):
+        return dw, jnp.zeros((), jnp.float32), (jnp.zeros((block, d), jnp.float32) if need_h else None)
+
+    def body(dw, x):
+        dw, loss, dh = jax.lax.cond(jnp.any(x[2] > 0), live, dead, dw, *x)
         return dw, (loss, dh)
 
     dw0 = jnp.zeros(weight.shape, jnp.float32) if need_w else None
     dw, (losses, dh) = jax.lax.scan(body, dw0, xs)
-    if dh is not None:
-        dh = dh.reshape(-1, h.shape[1])[:n]
+    if dh is not None:  # back to token order; a padding row (index 0, weight 0) adds zeros
+        dh = jnp.zeros((n, d), jnp.float32).at[xs[0].reshape(-1)].add(dh.reshape(-1, d))
     return jnp.sum(losses), dh, dw
 
 
