@@ -25,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 
+from jaxpetct.studies.synthetic_phi import canary_patient, phi_header  # noqa: F401 (public here)
 from jaxpetct.studies import npz, phantom, release, splits
 from jaxpetct.studies.deid import pseudonymize
 from jaxpetct.studies.synthetic_reports import SITES, LesionFact, write_reports
@@ -45,10 +46,12 @@ class SizeSpec:
     min_lesion_mm: int = 8
 
 
-# tiny: fastest, lesions of 1-2 PET voxels; small: 6 mm slices and 7.8 mm PET voxels, so a CPU-sized model can see
-# lesions (the embedded default); paper: the release's sizes.
+# tiny: fastest, lesions of 1-2 PET voxels; small: the embedded default, sized so a CPU-sized model can see lesions
+# and a 600-study cohort stays small on disk: 8 mm PET voxels over a 450 mm field of view (wide enough for the
+# phantom's largest trunk; the 64x64 records get 7 mm pixels), and 10 mm slices, about the records' own z spacing
+# (a ~330 mm region becomes 32 slices); paper: the release's sizes.
 SIZES = {"tiny": SizeSpec(slice_mm=18.0, ct_matrix=64, min_lesion_mm=14),
-         "small": SizeSpec(slice_mm=6.0, ct_matrix=128, min_lesion_mm=14),
+         "small": SizeSpec(slice_mm=10.0, ct_matrix=112, fov_mm=450.0, min_lesion_mm=14),
          "paper": SizeSpec(slice_mm=4.0, ct_matrix=512, min_lesion_mm=8)}
 
 _TRAIN = ((2017, 8), (2017, 9), (2018, 3), (2018, 7), (2019, 5), (2019, 6), (2023, 3), (2023, 6))
@@ -232,7 +235,18 @@ def render(spec: StudySpec, size: SizeSpec) -> tuple[np.ndarray, np.ndarray]:
     ct16 = np.clip(ct, -1024, 3071, out=ct).astype(np.int16)
     pet64 = np.rint(pet.astype(np.float64) * PET_SCALE)
     pet16 = np.clip(pet64, 0, 32767, out=pet64).astype(np.int16)
+    ct16[:, ~_in_fov(ct_grid)] = -1024  # outside the reconstruction circle a scanner writes its padding value
+    pet16[:, ~_in_fov(pet_grid)] = 0
     return ct16, pet16
+
+
+def _in_fov(grid: phantom.Grid) -> np.ndarray:
+    """(H, W) True inside the circle inscribed in the transaxial field of view (what a scanner reconstructs)."""
+    _, h, w = grid.shape
+    y = grid.y0 + np.arange(h) * grid.spacing[1]
+    x = grid.x0 + np.arange(w) * grid.spacing[2]
+    radius = min(h * grid.spacing[1], w * grid.spacing[2]) / 2
+    return y[:, None] ** 2 + x[None, :] ** 2 <= radius ** 2
 
 
 def truth_record(spec: StudySpec, size: SizeSpec) -> dict:
@@ -264,28 +278,6 @@ def _write_text(path: str, text: str) -> None:
 
 def _json(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
-
-
-def phi_header(spec: StudySpec) -> str:
-    """Canary PHI written into the report text when asked: each value must be scrubbed at ingest."""
-    p = canary_patient(spec)
-    dob = dt.datetime.strptime(p.birth_date, "%Y%m%d").strftime("%d/%m/%Y")
-    family, middle, given = p.name.split("^")
-    return (f"Bệnh nhân {family.capitalize()} {middle.capitalize()} {given.capitalize()}, mã BN {p.patient_id}, "
-            f"ngày sinh {dob}, SĐT {dict(p.extra)['PatientTelephoneNumbers']}.")
-
-
-def canary_patient(spec: StudySpec):
-    from jaxpetct.studies.dicom_writer import PatientTags
-
-    n = spec.index
-    tag = "".join(chr(ord("A") + (n // 26 ** p) % 26) for p in range(3))  # names carry letters only
-    return PatientTags(
-        name=f"NGUYEN^VAN^CANARY{tag}", patient_id=f"PIDCANARY{n:06d}", birth_date=f"19{50 + n % 40:02d}0{1 + n % 9}1{n % 10}",
-        address=f"So {n + 1} Ngo Canary, Phuong Dich Vong, Ha Noi", accession=f"ACCCANARY{n:05d}",
-        institution="Benh vien Canary Trung uong", referring_physician="TRAN^THI^CANARYDOC", sex=spec.sex,
-        age_years=spec.age, height_m=spec.height_m, weight_kg=spec.weight_kg,
-        extra=(("PatientTelephoneNumbers", f"09{n:08d}"), ("OtherPatientIDs", f"OTHERCANARY{n:04d}")))
 
 
 def _write_dicom(root: str, spec: StudySpec, size: SizeSpec, ct16, pet16, reports, phi_paths: bool) -> None:
