@@ -116,7 +116,7 @@ class Data:
     tokenizer: str = "corpus"
     template: str = "mistral"
     max_length: int = 384
-    buckets: tuple[int, ...] = (128, 256, 384)
+    buckets: tuple[int, ...] = (128, 192, 384)
     batch_size: int = 8  # per host
     val_batch_size: int = 8  # validation-loss batches (eval.batch_size: generation)
     worker_count: int = 0  # Grain worker processes
@@ -198,7 +198,7 @@ class Eval:
     # Lesion linear probe (jaxpetct.eval.probe): lesion presence per region from the input PET and from the
     # encoder's features, fitted on train, scored on eval.split; at most this many records per split.
     lesion_probe: bool = True
-    probe_max_examples: int = 2000
+    probe_max_examples: int = 500
     bertscore_model: str = ""  # local RoBERTa/PhoBERT directory; empty = BERTScore skipped
 
 

@@ -5,12 +5,15 @@ each stage (studies, data, models, train, eval). Nothing in jaxpetct imports thi
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import jax
 
@@ -82,6 +85,30 @@ def _build_on_primary(cfg, workdir: str, progress: bool) -> dict:
     return on_primary(make, "building the datasets")
 
 
+@contextlib.contextmanager
+def compile_once() -> Iterator[None]:
+    """Identical XLA programs compile once per run. Every stage, the evaluation and the export build and initialise
+    the same VLM (7 s of compilation each for the tiny default on 2 cores; its weights are then loaded), and stages
+    share the frozen encoder's and validation's programs. JAX's persistent cache does this by program fingerprint;
+    without a cache of the user's own (JAX_COMPILATION_CACHE_DIR) it lives in a temporary folder for the run."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if jax.config.jax_compilation_cache_dir:
+        yield
+        return
+    folder, min_secs = tempfile.mkdtemp(prefix="jaxpetct-xla-"), jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_secs)
+        compilation_cache.reset_cache()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run(mode: str, cfg, workdir: str, *, progress: bool = True, stages: Optional[list[str]] = None) -> dict:
     """Run one mode (or "all") and return a JSON-able summary of what it did (the same on every process).
 
@@ -90,6 +117,11 @@ def run(mode: str, cfg, workdir: str, *, progress: bool = True, stages: Optional
     """
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; use one of {MODES}")
+    with compile_once():
+        return _run(mode, cfg, workdir, progress=progress, stages=stages)
+
+
+def _run(mode: str, cfg, workdir: str, *, progress: bool, stages: Optional[list[str]]) -> dict:
     save_config(cfg, workdir)
     summary: dict = {}
     steps = ("synth", "build", "train", "eval", "export") if mode == "all" else (mode,)
