@@ -234,6 +234,19 @@ def test_dicom_root_builds_without_phi(tmp_path):
             text = " ".join(as_text(v) for v in rec.values() if isinstance(v, bytes))
             assert not any(c.lower() in text.lower() for c in canaries)
             assert as_text(rec["source"]) == "dicom" and as_text(rec["findings"])
+    # the corpus tokenizer learns from what the loader encodes of these records: its pieces carry no canary either
+    from jaxpetct.data.corpus import conversation_texts
+    from jaxpetct.data.inputs import TextConfig
+    from jaxpetct.text import corpus_tokenizer
+
+    records = [src[i] for split in built.examples for src in [open_source(built.dataset_dir, split)]
+               for i in range(len(src))]
+    corpus_tokenizer.train(list(conversation_texts(records, "report", TextConfig())), tmp_path / "tok", 512)
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "tok" / "tokenizer.model"))
+    pieces = " ".join(sp.id_to_piece(i) for i in range(sp.vocab_size())).replace("\u2581", " ").lower()
+    assert not any(c.lower() in pieces for c in canaries)
 
 
 def test_plain_build_spilling_to_disk_needs_no_tensorflow(cohort, built, tmp_path, monkeypatch):
