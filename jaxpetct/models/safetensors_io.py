@@ -48,18 +48,21 @@ class SafetensorsCheckpoint:
             raise CheckpointError(self.directory, "not a directory")
         self._file_of = self._index()
 
+    def _weight_map(self, index: pathlib.Path) -> dict[str, pathlib.Path]:
+        """{tensor name: shard file} of a sharded checkpoint's index file (every listed shard must exist)."""
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(index, f"not a safetensors index ({e})") from e
+        files = {name: self.directory / rel for name, rel in weight_map.items()}
+        for path in set(files.values()):
+            if not path.is_file():
+                raise CheckpointError(index, f"shard {path.name} listed in the index is missing")
+        return files
+
     def _index(self) -> dict[str, pathlib.Path]:
-        index = self.directory / INDEX_NAME
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CheckpointError(index, f"not a safetensors index ({e})") from e
-            files = {name: self.directory / rel for name, rel in weight_map.items()}
-            for path in set(files.values()):
-                if not path.is_file():
-                    raise CheckpointError(index, f"shard {path.name} listed in the index is missing")
-            return files
+        if (self.directory / INDEX_NAME).is_file():
+            return self._weight_map(self.directory / INDEX_NAME)
         candidates = [self.directory / SINGLE_NAME] if (self.directory / SINGLE_NAME).is_file() else sorted(
             self.directory.glob("*.safetensors"))
         if not candidates:

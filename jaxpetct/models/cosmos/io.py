@@ -59,17 +59,8 @@ class DiffusersCheckpoint(SafetensorsCheckpoint):
     (as any HF folder) model.safetensors / an index / loose *.safetensors."""
 
     def _index(self) -> dict[str, pathlib.Path]:
-        index = self.directory / WEIGHTS_INDEX_NAME
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CheckpointError(index, f"not a safetensors index ({e})") from e
-            files = {name: self.directory / rel for name, rel in weight_map.items()}
-            missing = sorted({p.name for p in files.values() if not p.is_file()})
-            if missing:
-                raise CheckpointError(index, f"shards listed in the index are missing: {missing}")
-            return files
+        if (self.directory / WEIGHTS_INDEX_NAME).is_file():
+            return self._weight_map(self.directory / WEIGHTS_INDEX_NAME)
         single = self.directory / WEIGHTS_NAME
         if single.is_file():
             with safe_open(single, framework="numpy") as f:
