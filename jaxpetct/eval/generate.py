@@ -107,16 +107,27 @@ def decode_step(graphdef, state, tokens: jax.Array, positions: jax.Array, cache:
     return _decode(_eval_model(graphdef, state), tokens, positions, cache)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "sampling", "eos_ids", "pad_id"))
+def _in_vocab(logits: jax.Array, vocab_size: int) -> jax.Array:
+    """Logits of ids the tokenizer does not have set to -inf: a model's embedding table may be larger than its
+    tokenizer (padded vocabularies; the corpus tokenizer's model.decoder.vocab_size is an upper bound), and an id
+    without a piece cannot be decoded."""
+    if not vocab_size or vocab_size >= logits.shape[-1]:
+        return logits
+    return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "sampling", "eos_ids", "pad_id",
+                                             "vocab_size"))
 def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, bidirectional_mask, rng, *,
-              max_new_tokens: int, sampling: SamplingConfig, eos_ids: tuple[int, ...], pad_id: int):
+              max_new_tokens: int, sampling: SamplingConfig, eos_ids: tuple[int, ...], pad_id: int,
+              vocab_size: int = 0):
     x = input_ids if input_ids is not None else inputs_embeds
     batch, length = x.shape[:2]
     logits, cache, next_pos = _prefill(graphdef, state, input_ids, inputs_embeds, attention_mask,
                                        bidirectional_mask, length + max_new_tokens)
     eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
     rng, sub = jax.random.split(rng)
-    first = sample_logits(sub, logits, sampling)
+    first = sample_logits(sub, _in_vocab(logits, vocab_size), sampling)
     tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     done = jnp.isin(first, eos)
 
@@ -130,7 +141,7 @@ def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, bidirec
         local = jax.tree.map(lambda x: x, state)
         logits, cache = _decode(_eval_model(graphdef, local), last, pos, cache)
         rng, sub = jax.random.split(rng)
-        tok = jnp.where(done, pad_id, sample_logits(sub, logits, sampling))
+        tok = jnp.where(done, pad_id, sample_logits(sub, _in_vocab(logits, vocab_size), sampling))
         tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
         return i + 1, tokens, tok, pos + 1, done | jnp.isin(tok, eos), cache, rng
 
@@ -145,10 +156,10 @@ def generate(model: Union[nnx.Module, tuple], *, input_ids: Optional[jax.Array] 
              inputs_embeds: Optional[jax.Array] = None, attention_mask: Optional[jax.Array] = None,
              max_new_tokens: int = 32, sampling: SamplingConfig = SamplingConfig(),
              eos_token_id: Union[None, int, Sequence[int]] = None, pad_token_id: int = 0, seed: int = 0,
-             bidirectional_mask: Optional[jax.Array] = None) -> GenerationOutput:
+             bidirectional_mask: Optional[jax.Array] = None, vocab_size: int = 0) -> GenerationOutput:
     """Generate up to `max_new_tokens` per row; `model` is a Decoder-like module or a (graphdef, state) pair.
 
-    The same seed gives the same tokens; greedy decoding ignores it.
+    The same seed gives the same tokens; greedy decoding ignores it. `vocab_size` > 0: only ids below it are drawn.
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -159,4 +170,4 @@ def generate(model: Union[nnx.Module, tuple], *, input_ids: Optional[jax.Array] 
         (int(eos_token_id),) if isinstance(eos_token_id, int) else tuple(int(e) for e in eos_token_id))
     return _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, bidirectional_mask,
                      jax.random.key(seed), max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=eos,
-                     pad_id=int(pad_token_id))
+                     pad_id=int(pad_token_id), vocab_size=int(vocab_size))

@@ -179,7 +179,7 @@ class VLMGenerator:
             out = generate(self.decoder, inputs_embeds=embeds, attention_mask=x["attention_mask"],
                            bidirectional_mask=x["attention_mask"] if self.prefix_lm else None,
                            max_new_tokens=d.max_new_tokens, sampling=d.sampling, eos_token_id=self.eos,
-                           pad_token_id=self.tokenizer.pad_id, seed=seed)
+                           pad_token_id=self.tokenizer.pad_id, seed=seed, vocab_size=self.tokenizer.vocab_size)
         tokens, lengths = host_array(out.tokens), host_array(out.lengths)
         answers = []
         for i in range(len(rows)):

@@ -116,3 +116,20 @@ def test_sampling_is_seeded_and_filters_match_their_definitions(llama):
     np.testing.assert_allclose(freq(SamplingConfig(temperature=1.0, top_p=0.7)), [0.625, 0.375, 0, 0], atol=0.015)
     with pytest.raises(ValueError):
         SamplingConfig(top_p=0.0)
+
+
+def test_ids_beyond_the_tokenizer_are_never_drawn(llama):
+    """A model whose embedding table is larger than its tokenizer (the corpus tokenizer) must not emit an id the
+    tokenizer cannot decode; below the limit greedy decoding picks what it picked before."""
+    directory, _ = llama
+    model = load_decoder(directory)
+    ids, mask, _ = padded_batch(batch=2, length=10, seed=3)
+    free = np.asarray(generate(model, input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                               max_new_tokens=NEW).tokens)
+    limit = int(np.median(free))  # about half of the freely drawn ids lie at or above it
+    assert (free >= limit).any()
+    out = np.asarray(generate(model, input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                              max_new_tokens=NEW, vocab_size=limit).tokens)
+    assert (out < limit).all()
+    first_free = free[:, 0]
+    np.testing.assert_array_equal(out[first_free < limit, 0], first_free[first_free < limit])
