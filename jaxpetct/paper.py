@@ -2,6 +2,8 @@
 
 Each row is the embedded default (jaxpetct/config.py) with what the paper's recipe changes: the release's
 140x480x480 volumes, the paper CT-ViT, a 7B decoder, LoRA r64/a16, bf16, length 2048, its batches and epochs.
+The Cosmos rows (`vision="cosmos"`) swap CT-ViT for NVIDIA's Cosmos CV8x8x8 tokenizer, fine-tuned on the volumes
+first (`_cosmos`).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ _MIXES = {
 }
 
 
-def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.ConfigDict:
+def paper_config(llm: str = "mistral_7b", mix: str = "OG", vision: str = "ctvit") -> ml_collections.ConfigDict:
     """CT-ViT (140x480x480, 14 tokens of 24x24x512) + linear projector + a 7B LLM: align then LoRA r64/a16.
 
     Recipe from the paper: align = projector only, lr 2e-3, 20 epochs, global batch 256, cosine, 3 % warm-up,
@@ -35,13 +37,13 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.Con
     = batch_size x hosts (256 and 128 here, on one host); grad_accum_steps loader batches of batch_size /
     grad_accum_steps rows make one step, one at a time in memory: it sets the memory, not the batch. Sized for the paper's 4 GPUs, planned as 4 x H100 (mesh fsdp 4;
     align 256 and lora 128 in loader batches of 32, 8 rows a GPU): `launch.py --mode plan` shows whether a change
-    fits (align 36.4 GiB, lora 46.7 GiB a GPU).
+    fits (align 36.4 GiB, lora 46.7 GiB a GPU). `vision="cosmos"`: the Cosmos rows (`_cosmos`).
     """
-    if llm not in _LLMS or mix not in _MIXES:
-        raise ValueError(f"llm in {sorted(_LLMS)}, mix in {sorted(_MIXES)}")
+    if llm not in _LLMS or mix not in _MIXES or vision not in ("ctvit", "cosmos"):
+        raise ValueError(f"llm in {sorted(_LLMS)}, mix in {sorted(_MIXES)}, vision 'ctvit' or 'cosmos'")
     preset, template, tokenizer = _LLMS[llm]
     c = base_config()
-    c.name = f"paper_ctvit_{llm}_{mix}"
+    c.name = f"paper_{vision}_{llm}_{mix}"
     c.salt = ""  # real data: set $JAXPETCT_SALT (refused when empty)
     c.data.source = "release"
     c.data.manual_dir = ""  # --config.data.manual_dir=/path/to/ViMed-PET
@@ -75,4 +77,27 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG") -> ml_collections.Con
     c.eval.tasks = ("report", "vqa") if mix == "OGC" else ("report",)
     c.eval.batch_size = 16
     c.plan.target, c.plan.devices = "h100", 4  # the paper's 4 GPUs (fsdp -1 takes all 4)
+    return _cosmos(c) if vision == "cosmos" else c
+
+
+def _cosmos(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The paper's Cosmos rows: Cosmos CV8x8x8 (a diffusers AutoencoderKLCosmos folder in model.encoder.hf_dir) reads
+    the volumes resized by the loader to 120 x 256 x 256 (the records stay the CT-ViT rows' 140 x 480 x 480, one
+    build for both), padded to 121 frames: 16 latent frames of 32 x 32 x 16, i.e. 16 visual tokens, each read whole
+    by the projector (pool 1: a 16,384 x 4,096 matrix; models/cosmos/vision.py says why not pooled).
+
+    Stage 1 fine-tunes the whole autoencoder on the volumes (tokenizer_finetune): L1 + 0.1 (1 - SSIM3D), Adam
+    lr 1e-4 (the project's AdamW, decoupled weight decay 1e-5 on kernels), cosine from the peak, 20 epochs of the
+    regions records, batch 8, bf16 compute with float32 master weights, blocks rematerialised. align and LoRA then
+    take it frozen, as CT-ViT.
+    """
+    c.model.encoder = ml_collections.ConfigDict(dict(preset="cosmos_cv8x8x8", hf_dir="", channels=2, depth=120,
+                                                      height=256, width=256, dtype="bfloat16", param_dtype="float32",
+                                                      remat=True))
+    c.order = ("tokenizer_finetune", "align", "lora")
+    # batch 8 as 2 micro-batches of 4 (one volume a GPU): one micro-batch of 8 plans at 64.2 GiB a GPU, within 1 GiB of
+    # the 90 % line; the update is the same (losses are sums over volumes)
+    c.stages.tokenizer_finetune = stage(epochs=20, peak_lr=1e-4, weight_decay=1e-5, warmup_fraction=0.0,
+                                        batch_size=8, grad_accum_steps=2, save_every=500, log_every=10,
+                                        eval_every=1000)
     return c

@@ -13,7 +13,9 @@ Batch contract (what models/vlm.py and the train step consume):
 
 L is the smallest length bucket that holds the longest example of the batch, so a run compiles the step once per
 bucket, not once per length. The clip task (encoder pre-training) carries text_ids/text_mask instead of the
-decoder fields; the lesion_map task carries lesion_map (B, T, h, w) float32 and no text. `meta` never enters a jitted function: `split_meta` separates it.
+decoder fields; the lesion_map task carries lesion_map (B, T, h, w) float32 and no text; the volume task carries
+volume_mask (B,) float32 (1 on real rows, 0 on filler rows) and no text. `meta` never enters a jitted function:
+`split_meta` separates it.
 """
 from __future__ import annotations
 
@@ -65,6 +67,11 @@ class Collate:
         out: dict = {"images": np.stack([e["images"] for e in examples]).astype(np.float32)}
         if "lesion_map" in examples[0]:
             out["lesion_map"] = np.stack([e["lesion_map"] for e in examples]).astype(np.float32)
+            out["meta"] = {"id": np.asarray([e["meta"].get("id", "") for e in examples], dtype=str),
+                           "valid": np.asarray(valid, bool)}
+            return out
+        if "input_ids" not in examples[0] and "text_ids" not in examples[0]:  # the volume task: images only
+            out["volume_mask"] = np.asarray(valid, np.float32)  # 0 on filler rows: no loss, not counted
             out["meta"] = {"id": np.asarray([e["meta"].get("id", "") for e in examples], dtype=str),
                            "valid": np.asarray(valid, bool)}
             return out

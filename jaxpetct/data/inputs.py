@@ -25,7 +25,7 @@ from jaxpetct.text.augment import paraphrase, paraphrase_report
 from jaxpetct.text.report import report_from_json
 from jaxpetct.text.vqa import llava_messages
 
-TASKS = ("report", "vqa", "comparison", "clip", "lesion_map")
+TASKS = ("report", "vqa", "comparison", "clip", "lesion_map", "volume")  # volume: images only (tokenizer_finetune)
 _TOKENIZERS: dict = {}
 
 
@@ -178,7 +178,8 @@ def clip_tokens(text: str, tokenizer, max_length: int) -> np.ndarray:
 class ToModelInputs(grain.transforms.RandomMap):
     """record -> {"images", "input_ids", "loss_mask", "image_mask", "meta"} (or "text_ids" for the clip task,
     "lesion_map" (T, h, w) for the lesion_map task, which needs `lesion_table` and the encoder's token `lesion_grid`;
-    its images are never augmented, since rotation or slice drops would move the lesions off their tokens)."""
+    its images are never augmented, since rotation or slice drops would move the lesions off their tokens; the
+    volume task gives the images alone)."""
 
     def __init__(self, task: str, tokenizer: Any, image: ImageConfig = ImageConfig(),
                  augment: AugmentConfig = AugmentConfig(), text: TextConfig = TextConfig(), *, train: bool = True,
@@ -203,6 +204,9 @@ class ToModelInputs(grain.transforms.RandomMap):
             return {"images": model_images(record, self.image, AugmentConfig(), None),
                     "lesion_map": lesion_map(record, self.lesion_table[sid], self.lesion_grid), "meta": meta}
         out = {"images": model_images(record, self.image, self.augment, rng)}
+        if self.task == "volume":  # the volume is its own target: no text (train.tasks.tokenizer_reconstruction_loss)
+            meta["reference"] = ""
+            return {**out, "meta": meta}
         tok = tokenizer_for(self.tokenizer)
         try:
             if self.task == "clip":

@@ -27,7 +27,7 @@ from jaxpetct.data.inputs import AugmentConfig, ImageConfig, TextConfig, ToModel
 
 @dataclasses.dataclass(frozen=True)
 class LoaderConfig:
-    task: str = "report"  # report | vqa | comparison | clip, lesion_map (encoder pre-training)
+    task: str = "report"  # report | vqa | comparison | clip, lesion_map (encoder pre-training) | volume (tokenizer)
     train: bool = True  # False: prompt-only encoding, canonical instructions, no augmentation (evaluation)
     batch_size: int = 2  # per host
     seed: int = 0

@@ -6,7 +6,9 @@ Layout of an export directory (written atomically: a crash leaves the previous e
                tokenizer files: copied from an HF tokenizer folder, or for the embedded Mistral v1 tokenizer
                its tokenizer.model + tokenizer.json (`spm_json`) + tokenizer_config.json
     vision/    ctvit.safetensors, projector.safetensors (our NNX parameter names and layouts: Linear kernels are
-               (in, out)), vision_config.json (encoder and projector configs, VLM flags, the chat template)
+               (in, out)), vision_config.json (encoder and projector configs, VLM flags, the chat template);
+               with a Cosmos encoder, cosmos/ (a diffusers AutoencoderKLCosmos folder, the whole tokenizer:
+               `AutoencoderKLCosmos.from_pretrained` reads it) instead of ctvit.safetensors
     README.md  how to load each part
 
 `load_vision(dir)` and `load_vlm(dir)` read it back; tensors come back bit-identical. Only process 0 writes; all
@@ -28,6 +30,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxpetct.eval.spm_json import write_tokenizer_json
+from jaxpetct.models.cosmos.io import load_diffusers, save_diffusers
+from jaxpetct.models.cosmos.vision import CosmosVisionConfig, CosmosVisionEncoder
 from jaxpetct.models.ctvit import CTViT, CTViTConfig
 from jaxpetct.models.hf_io import export_decoder, load_decoder
 from jaxpetct.models.projector import Projector, ProjectorConfig
@@ -39,6 +43,7 @@ from jaxpetct.errors import UserError
 FORMAT = "jaxpetct-vlm-vision"
 VERSION = 1
 VISION_CONFIG, ENCODER_FILE, PROJECTOR_FILE = "vision_config.json", "ctvit.safetensors", "projector.safetensors"
+COSMOS_DIR = "cosmos"  # vision/cosmos: the Cosmos encoder's tokenizer as a diffusers folder
 
 
 class ExportError(UserError, ValueError):
@@ -133,7 +138,7 @@ The LLM expects the visual tokens spliced into its input embeddings (`inputs_emb
 
 ```python
 from jaxpetct.eval.export import load_vision, load_vlm
-encoder, projector, meta = load_vision("{name}")  # CT-ViT {input} -> {tokens} visual tokens of width {hidden}
+encoder, projector, meta = load_vision("{name}")  # {encoder} {input} -> {tokens} visual tokens of width {hidden}
 vlm = load_vlm("{name}")                          # the whole VLM: encoder + projector + the LLM above
 ```
 
@@ -151,19 +156,27 @@ def export_vlm(model: VLM, out_dir: Union[str, pathlib.Path], *, tokenizer: Unio
     tok_dir = None if tokenizer in (None, MISTRAL_V1) else pathlib.Path(tokenizer)
     if tok_dir is not None and not tok_dir.is_dir():
         raise ExportError(f"tokenizer folder {tok_dir.name!r} does not exist")
-    encoder_t, projector_t = _param_tensors(model.encoder), _param_tensors(model.projector)  # gathers: all processes
+    cosmos = isinstance(model.encoder, CosmosVisionEncoder)
+    encoder_t = None if cosmos else _param_tensors(model.encoder)  # gathers: all processes
+    projector_t = _param_tensors(model.projector)
     if jax.process_index() != 0:
+        if cosmos:
+            save_diffusers(model.encoder.tokenizer, out / "vision" / COSMOS_DIR)  # its gathers only
         export_decoder(model.decoder, out / "llm", dtype=dtype)
         return out
     with atomic_directory(out) as tmp:
+        vision = tmp / "vision"
+        vision.mkdir()
+        if cosmos:
+            save_diffusers(model.encoder.tokenizer, vision / COSMOS_DIR)
         export_decoder(model.decoder, tmp / "llm", tokenizer_dir=tok_dir, dtype=dtype)
         if tokenizer == MISTRAL_V1:
             _write_mistral_tokenizer(tmp / "llm")
-        vision = tmp / "vision"
-        vision.mkdir()
-        save_file(encoder_t, str(vision / ENCODER_FILE), metadata={"format": FORMAT})
+        if encoder_t is not None:
+            save_file(encoder_t, str(vision / ENCODER_FILE), metadata={"format": FORMAT})
         save_file(projector_t, str(vision / PROJECTOR_FILE), metadata={"format": FORMAT})
-        meta = {"format": FORMAT, "version": VERSION, "encoder": _config_json(model.encoder.cfg),
+        meta = {"format": FORMAT, "version": VERSION, "encoder_kind": "cosmos" if cosmos else "ctvit",
+                "encoder": _cosmos_json(model.encoder.cfg) if cosmos else _config_json(model.encoder.cfg),
                 "projector": _config_json(model.projector.cfg),
                 "vlm": {"prefix_lm": bool(model.prefix_lm), "freeze_encoder": bool(model.freeze_encoder),
                         "num_visual_tokens": int(model.num_visual_tokens)},
@@ -175,12 +188,31 @@ def export_vlm(model: VLM, out_dir: Union[str, pathlib.Path], *, tokenizer: Unio
         dcfg = model.decoder.cfg
         (tmp / "README.md").write_text(README.format(
             name=out.name, family=dcfg.family, layers=dcfg.num_layers, hidden=dcfg.hidden_size,
+            encoder="Cosmos (vision/cosmos: a diffusers folder)" if cosmos else "CT-ViT",
             tokens=model.num_visual_tokens, template=template, input="x".join(map(str, model.encoder.cfg.input_shape)),
             proj=PROJECTOR_FILE, cfg=VISION_CONFIG))
     return out
 
 
-def load_vision(export_dir: Union[str, pathlib.Path]) -> tuple[CTViT, Projector, dict[str, Any]]:
+def _cosmos_json(cfg: CosmosVisionConfig) -> dict:
+    """The Cosmos encoder's volume and runtime settings (its architecture is vision/cosmos/config.json)."""
+    t = cfg.tokenizer
+    return {"channels": cfg.channels, "depth": cfg.depth, "height": cfg.height, "width": cfg.width,
+            "dtype": jnp.dtype(t.dtype).name, "param_dtype": jnp.dtype(t.param_dtype).name, "remat": bool(t.remat)}
+
+
+def _load_cosmos(vision: pathlib.Path, settings: dict) -> CosmosVisionEncoder:
+    try:
+        runtime = {k: settings[k] for k in ("dtype", "param_dtype", "remat")}
+        tokenizer = load_diffusers(vision / COSMOS_DIR, **runtime)
+        cfg = CosmosVisionConfig(tokenizer=tokenizer.cfg, **{k: settings[k] for k in ("channels", "depth", "height",
+                                                                                         "width")})
+    except (UserError, KeyError, ValueError) as e:
+        raise ExportError(f"vision/{COSMOS_DIR}: cannot load the Cosmos encoder ({e})") from e
+    return CosmosVisionEncoder(cfg, tokenizer=tokenizer)
+
+
+def load_vision(export_dir: Union[str, pathlib.Path]) -> tuple[nnx.Module, Projector, dict[str, Any]]:
     """(encoder, projector, vision_config.json contents) of an export directory."""
     vision = pathlib.Path(export_dir) / "vision"
     path = vision / VISION_CONFIG
@@ -193,9 +225,12 @@ def load_vision(export_dir: Union[str, pathlib.Path]) -> tuple[CTViT, Projector,
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ExportError(f"{path.name}: format {meta.get('format')!r} v{meta.get('version')}, expected {FORMAT} "
                           f"v{VERSION}")
-    enc_cfg = _config_from_json(CTViTConfig, meta["encoder"], path.name)
     proj_cfg = _config_from_json(ProjectorConfig, meta["projector"], path.name)
-    encoder = _fill(nnx.eval_shape(lambda: CTViT(enc_cfg, rngs=nnx.Rngs(0))), vision / ENCODER_FILE)
+    if meta.get("encoder_kind", "ctvit") == "cosmos":
+        encoder = _load_cosmos(vision, meta["encoder"])
+    else:
+        enc_cfg = _config_from_json(CTViTConfig, meta["encoder"], path.name)
+        encoder = _fill(nnx.eval_shape(lambda: CTViT(enc_cfg, rngs=nnx.Rngs(0))), vision / ENCODER_FILE)
     projector = _fill(nnx.eval_shape(lambda: Projector(proj_cfg, rngs=nnx.Rngs(0))), vision / PROJECTOR_FILE)
     return encoder, projector, meta
 

@@ -160,7 +160,10 @@ def describe(summary: dict, workdir: str) -> str:
         lines.append(f"dataset {name}: {b['examples']} examples, {b['quarantined']} quarantined -> {b['dir']}")
     for name, s in (summary.get("train") or {}).items():
         final = s.get("final", {}) if isinstance(s, dict) else {}
-        bits = [f"{k}={final[k]:.4f}" for k in ("loss", "val_loss") if isinstance(final.get(k), (int, float))]
+        keys = ("loss", "val_loss", "val_psnr", "val_ssim")  # PSNR, SSIM: tokenizer_finetune's reconstructions
+        bits = [f"{k}={final[k]:.4f}" for k in keys if isinstance(final.get(k), (int, float))]
+        start = s.get("initial", {}) if isinstance(s, dict) else {}
+        bits += [f"(start {k}={start[k]:.4f})" for k in keys if isinstance(start.get(k), (int, float))]
         lines.append(f"stage {name}: {s.get('steps', s.get('stopped_at'))} steps " + " ".join(bits))
     ev = summary.get("eval")
     if ev:

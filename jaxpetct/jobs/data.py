@@ -272,14 +272,19 @@ def text_tokenizer(cfg, workdir: str, task: Optional[str]):
     return tokenizer_spec(cfg, workdir)
 
 
+# Encoder tasks that read the regions records only, whatever the mixture: lesion centres are placed on region
+# records, and the Cosmos tokenizer fine-tunes on the region volumes the VLM's report task reads.
+REGION_TASKS = ("lesion_map", "volume")
+
+
 def train_iterator(cfg, workdir: str, io: ModelIO, *, task_override: Optional[str] = None, seed: int = 0,
                    batch_size: Optional[int] = None):
     """A checkpointable Grain iterator over this host's shard of the training mixture."""
     config = loader_config(cfg, io, train=True, seed=seed, batch_size=batch_size, task=task_override or "report",
                            workdir=workdir)
     tokenizer = text_tokenizer(cfg, workdir, task_override)
-    if task_override == "lesion_map":  # lesion centres are placed on region records only
-        parts = [(source(cfg, workdir, "regions", "train"), "lesion_map", 1.0)]
+    if task_override in REGION_TASKS:
+        parts = [(source(cfg, workdir, "regions", "train"), task_override, 1.0)]
     else:
         parts = [(source(cfg, workdir, name, "train"), task_override or task, float(w))
                  for name, task, w in cfg.data.train_mix]
@@ -291,7 +296,10 @@ def train_iterator(cfg, workdir: str, io: ModelIO, *, task_override: Optional[st
     return iter(ds)
 
 
-def num_train_examples(cfg, workdir: str) -> int:
+def num_train_examples(cfg, workdir: str, task_override: Optional[str] = None) -> int:
+    """Training examples of an epoch: the mixture's, or the regions records a region-only encoder task reads."""
+    if task_override in REGION_TASKS:
+        return len(source(cfg, workdir, "regions", "train"))
     return sum(len(source(cfg, workdir, name, "train")) for name, _, _ in cfg.data.train_mix)
 
 

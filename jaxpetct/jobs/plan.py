@@ -53,7 +53,7 @@ from jaxpetct.train.stepper import Stepper
 
 GIB = 2**30
 # Config leaves naming files on disk: a plan builds from the presets' shapes and never reads them.
-_WEIGHT_DIRS = (("model", "decoder", "hf_dir"), ("model", "text_encoder", "hf_dir"))
+_WEIGHT_DIRS = (("model", "decoder", "hf_dir"), ("model", "text_encoder", "hf_dir"), ("model", "encoder", "hf_dir"))
 
 
 def plan_devices(cfg) -> int:
@@ -185,11 +185,12 @@ def plan_stage(cfg, name: str, mesh, target: dict, *, processes: int) -> dict:
     passes = 3 if recompute else 2  # forward, backward, and the remat forward unless weight matmuls are kept
     bytes_moved = passes * accum * params_b + 2 * (trainable_b + opt_b) + accum * (batch_b + 2 * mem["temp"])
     budget = target["memory_bytes"] * (1 - target["margin"])
-    tokens = global_batch * (length if data_task != "lesion_map" else int(np.prod(encoder.grid)))
+    grid_only = data_task in ("lesion_map", "volume")  # no text: a step's tokens are the encoder's grid cells
+    tokens = global_batch * (int(np.prod(encoder.grid)) if grid_only else length)
     return {
         "task": data_task or ("text_only" if name == "lm_pretrain" else "vlm_answer"),
         "global_batch": global_batch, "per_host_batch": rows, "processes": processes, "grad_accum_steps": accum,
-        "micro_batch": global_batch // accum, "length": length if data_task != "lesion_map" else None,
+        "micro_batch": global_batch // accum, "length": None if grid_only else length,
         "tokens_per_step": tokens,
         "per_device_bytes": mem["total"], "largest_program": largest,
         "programs": {k: {"per_device_bytes": m["total"], "activation_bytes": m["temp"]} for k, m in mems.items()},

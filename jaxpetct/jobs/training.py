@@ -54,7 +54,7 @@ def vlm_stages(cfg) -> list[str]:
 
 
 def model_io(model) -> data_jobs.ModelIO:
-    enc = model.encoder.cfg  # CT-ViT is `encoder` in every stage's model
+    enc = model.encoder.cfg  # the vision encoder (CT-ViT or Cosmos) is `encoder` in every stage's model
     text = getattr(getattr(model, "text", None), "cfg", None)  # CLIP's text tower (fairseq positions from pad + 1)
     positions = int(text.max_position_embeddings - text.pad_token_id - 1) if text is not None else 0
     return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]), tuple(enc.grid), positions)
@@ -116,27 +116,46 @@ def stage_task(cfg, name: str):
     return kind.loss, kind.data_task
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "task"))
-def _loss_sums(graphdef, state, batch, task):
-    loss_sum, count, _ = task(nnx.merge(graphdef, state), batch, train=False)
-    return loss_sum, count
+@functools.partial(jax.jit, static_argnames=("graphdef", "task", "extras"))
+def _loss_sums(graphdef, state, batch, task, extras):
+    loss_sum, count, aux = task(nnx.merge(graphdef, state), batch, train=False)
+    return loss_sum, count, {k: aux[k] * count for k in extras}  # the task's means over its units, back to sums
 
 
-def loss_over(model, batches: Iterable[dict], *, mesh, task=vlm_answer_loss, blank: bool = False) -> float:
-    """Token-weighted mean loss of `model` over a split's host batches (validation); `blank` zeroes the volumes.
+def val_metrics(model, batches: Iterable[dict], *, mesh, task=vlm_answer_loss, blank: bool = False,
+                extras: tuple[str, ...] = ()) -> dict:
+    """{"val_loss": unit-weighted mean loss, "val_<extra>": the task's `extras` weighted alike} of `model` over a
+    split's host batches (validation); `blank` zeroes the volumes.
 
     Every process passes its own shard of the split; the sums are taken over the global batches, so every host
     gets the same value (it decides the best checkpoint and what the run prints). NaN when the split is empty.
     """
     graphdef, state = nnx.split(model)
-    total, count = 0.0, 0.0
+    total, count, sums = 0.0, 0.0, dict.fromkeys(extras, 0.0)
     with jax.set_mesh(mesh):
         for host in aligned((model_arrays(b) for b in batches), TOKEN_FIELDS, EMPTY_ROW_VALUES):
             if blank:
                 host["images"] = np.zeros_like(host["images"])
-            s, c = _loss_sums(graphdef, state, to_global(host, batch_sharding(mesh, host)), task)
+            s, c, e = _loss_sums(graphdef, state, to_global(host, batch_sharding(mesh, host)), task, tuple(extras))
             total, count = total + float(s), count + float(c)
-    return total / count if count > 0 else float("nan")
+            sums = {k: sums[k] + float(e[k]) for k in sums}
+    mean = (lambda v: v / count) if count > 0 else (lambda v: float("nan"))  # noqa: E731
+    return {"val_loss": mean(total), **{f"val_{k}": mean(v) for k, v in sums.items()}}
+
+
+def loss_over(model, batches: Iterable[dict], *, mesh, task=vlm_answer_loss, blank: bool = False) -> float:
+    """Token-weighted mean loss of `model` over a split's host batches (`val_metrics`' val_loss)."""
+    return val_metrics(model, batches, mesh=mesh, task=task, blank=blank)["val_loss"]
+
+
+def _evaluator(cfg, workdir: str, io, name: str, mesh):
+    """The stage's validation (`evaluate(model) -> {"val_loss", ...}`), or None when the split is empty."""
+    kind = kind_of(cfg, name)
+    val = data_jobs.val_batches(cfg, workdir, io, task=kind.data_task or "report")
+    if val is None:
+        return None
+    # bound now: the closure must not see a later stage's split or loss
+    return lambda m: val_metrics(m, val, mesh=mesh, task=kind.loss, extras=kind.val_extras)
 
 
 def _stage_done(workdir: str, name: str) -> Optional[dict]:
@@ -169,13 +188,12 @@ def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progre
         loaded = load_previous(model, cfg, workdir, name)
         io = model_io(model)
         task_fn, data_task = stage_task(cfg, name)
-        n_train = data_jobs.num_train_examples(cfg, workdir)
+        n_train = data_jobs.num_train_examples(cfg, workdir, task_override=data_task)
         spec = stage_spec(cfg, name, n_train)
         it = data_jobs.train_iterator(cfg, workdir, io, task_override=data_task, seed=int(cfg.seed),
                                       batch_size=loader_batch_size(cfg, name))
-        val = data_jobs.val_batches(cfg, workdir, io, task=data_task or "report")
-        evaluate = (None if val is None else  # bound now: the closure must not see a later stage's split or loss
-                    lambda m, val=val, task_fn=task_fn: {"val_loss": loss_over(m, val, mesh=mesh, task=task_fn)})
+        evaluate = _evaluator(cfg, workdir, io, name, mesh)
+        initial = evaluate(model) if evaluate is not None and kind_of(cfg, name).eval_before else None
         result = run_stage(model, task_fn, spec, train_iter=it, mesh=mesh, workdir=stage_dir(workdir, name),
                            seed=int(cfg.seed), evaluate=evaluate, progress=progress, stop_after=stop_after)
         if result.last_step < spec.steps:
@@ -186,6 +204,8 @@ def train(cfg, workdir: str, *, mesh, stages: Optional[list[str]] = None, progre
         summary = {"stage": name, "steps": spec.steps, "train_examples": n_train,
                    "initialised_from": init_from(cfg, name), "loaded": len(loaded["loaded"]) if loaded else 0,
                    "final": result.metrics}
+        if initial is not None:
+            summary["initial"] = initial
         if jax.process_index() == 0:
             write_text(os.path.join(stage_dir(workdir, name), "done.json"), json.dumps(summary, indent=1))
         summaries[name] = summary

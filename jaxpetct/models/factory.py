@@ -9,7 +9,7 @@ every key: jaxpetct/config.py is the home of its defaults), and a key no model t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,8 @@ from jaxpetct.errors import ConfigError
 
 from jaxpetct.models import decoder_config as decoder_configs
 from jaxpetct.models.contrastive import VolumeTextCLIP
+from jaxpetct.models.cosmos import vision as cosmos_vision
+from jaxpetct.models.cosmos.io import load_diffusers
 from jaxpetct.models.ctvit import CTViT, CTViTConfig
 from jaxpetct.models.decoder import Decoder
 from jaxpetct.models.hf_io import load_decoder
@@ -50,10 +52,13 @@ def _fields(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-# What each section of `model` may name: its model's config fields (+ preset / weights folder).
+# What each section of `model` may name: its model's config fields (+ preset / weights folder). The encoder is
+# CT-ViT (presets tiny, paper) or Cosmos (cosmos_*: models/cosmos/vision.py); `section` checks the keys of the
+# preset's own model.
 _RUNTIME = ("dtype", "param_dtype", "remat", "remat_policy", "scan_layers", "attention_impl")
+_CTVIT_KEYS = lambda: {"preset"} | _fields(CTViTConfig)  # noqa: E731
 SECTIONS = {
-    "encoder": lambda: {"preset"} | _fields(CTViTConfig),
+    "encoder": lambda: _CTVIT_KEYS() | cosmos_vision.config_keys(),
     "decoder": lambda: {"preset", "hf_dir"} | _fields(decoder_configs.DecoderConfig),
     "text_encoder": lambda: {"preset", "hf_dir"} | _fields(RobertaConfig),
     "projector": lambda: _fields(ProjectorConfig) - {"grid", "vision_dim", "d_model"},
@@ -67,6 +72,8 @@ def section(model_cfg: Optional[Mapping], name: str) -> dict:
     """`model.<name>` as a plain dict; a key its model does not take is a ConfigError naming it."""
     cfg = _plain((model_cfg or {}).get(name))
     allowed = SECTIONS[name]()
+    if name == "encoder":
+        allowed = cosmos_vision.config_keys() if is_cosmos(cfg) else _CTVIT_KEYS()
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ConfigError(f"model.{name}.{unknown[0]}: no such setting (settings: {', '.join(sorted(allowed))})")
@@ -82,18 +89,72 @@ def check(model_cfg: Mapping) -> None:
         section(model_cfg, name)
 
 
-def encoder_config(cfg: Mapping) -> CTViTConfig:
-    """`{"preset": "tiny"|"paper", "channels": 2, **overrides}` -> CTViTConfig."""
+def is_cosmos(encoder_cfg: Optional[Mapping]) -> bool:
+    """Whether a `model.encoder` section names a Cosmos preset."""
+    return str(_plain(encoder_cfg).get("preset", "")).startswith("cosmos")
+
+
+def encoder_config(cfg: Mapping) -> Union[CTViTConfig, cosmos_vision.CosmosVisionConfig]:
+    """`{"preset": "tiny"|"paper", "channels": 2, **overrides}` -> CTViTConfig; a Cosmos preset
+    (`{"preset": "cosmos_cv8x8x8", "hf_dir": ..., "depth": 120, ...}`) -> CosmosVisionConfig (`hf_dir`, the
+    weights, is `build_encoder`'s)."""
     cfg = section({"encoder": cfg}, "encoder")
     preset = cfg.pop("preset", "tiny")
     for k in ("dtype", "param_dtype"):
         if k in cfg:
             cfg[k] = dtype_of(cfg[k])
+    if is_cosmos({"preset": preset}):
+        cfg.pop("hf_dir", None)
+        return cosmos_vision.vision_config(preset, **cfg)
     if preset == "tiny":
         return CTViTConfig.tiny(**cfg)
     if preset == "paper":
         return CTViTConfig.paper(**cfg)
-    raise ValueError(f"unknown CT-ViT preset {preset!r}; use 'tiny' or 'paper'")
+    raise ValueError(f"unknown CT-ViT preset {preset!r}; use 'tiny' or 'paper' (or a Cosmos preset: "
+                     f"{sorted(cosmos_vision.PRESETS)})")
+
+
+def encoder_trainable(encoder_cfg: Optional[Mapping]) -> str:
+    """The path regex of the encoder weights a VLM stage trains with encoder_lr_scale > 0: all of CT-ViT; of
+    Cosmos only the encode half (its decode half gets no gradient in the VLM, and AdamW's decay would still move it)."""
+    return r"^encoder/tokenizer/(encoder|quant_conv)/" if is_cosmos(encoder_cfg) else r"^encoder/"
+
+
+def _ctvit_only(model_cfg: Mapping, what: str) -> CTViTConfig:
+    enc_cfg = encoder_config(model_cfg.get("encoder"))
+    if not isinstance(enc_cfg, CTViTConfig):
+        raise ConfigError(f"{what} trains CT-ViT, but model.encoder is Cosmos: fine-tune Cosmos with the "
+                          "tokenizer_finetune stage instead")
+    return enc_cfg
+
+
+def build_encoder(enc_cfg, rngs: nnx.Rngs) -> nnx.Module:
+    """CT-ViT, randomly initialised, or the Cosmos vision encoder with zero weights (`encoder_weights` fills them:
+    models/cosmos/vision.py, random_weights, says why)."""
+    if isinstance(enc_cfg, cosmos_vision.CosmosVisionConfig):
+        return cosmos_vision.CosmosVisionEncoder(enc_cfg)
+    return CTViT(enc_cfg, rngs=rngs)
+
+
+def encoder_weights(model: nnx.Module, model_cfg: Mapping, *, seed: int, mesh=None) -> nnx.Module:
+    """A Cosmos `model.encoder`'s weights: `model.encoder.hf_dir`'s (a diffusers AutoencoderKLCosmos folder, whose
+    config.json must describe the preset's architecture: the plan and the checkpoints are shaped by the preset),
+    or random ones from `seed`. CT-ViT is initialised where it is built."""
+    if not isinstance(model.encoder, cosmos_vision.CosmosVisionEncoder):
+        return model
+    section_cfg = section(model_cfg, "encoder")
+    if not section_cfg.get("hf_dir"):
+        cosmos_vision.random_weights(model.encoder.tokenizer, seed)
+        return model
+    ours = model.encoder.cfg.tokenizer
+    loaded = load_diffusers(section_cfg["hf_dir"], mesh=mesh, dtype=ours.dtype, param_dtype=ours.param_dtype,
+                            remat=ours.remat)
+    differ = cosmos_vision.architecture_difference(loaded.cfg, ours)
+    if differ:
+        raise ConfigError(f"model.encoder.hf_dir: its config.json differs from preset {section_cfg['preset']!r} in "
+                          f"{differ[0]} ({getattr(loaded.cfg, differ[0])!r} vs {getattr(ours, differ[0])!r})")
+    nnx.update(model.encoder.tokenizer, nnx.state(loaded))
+    return model
 
 
 def decoder_config(cfg: Mapping) -> decoder_configs.DecoderConfig:
@@ -143,7 +204,7 @@ def _vlm_parts(model_cfg: dict, decoder: Decoder, seed: int, lora: Optional[LoRA
             proj[k] = dtype_of(proj[k])
     pcfg = ProjectorConfig.for_encoder(enc_cfg, decoder.cfg.hidden_size, **proj)
     rngs = nnx.Rngs(seed, dropout=seed + 2)
-    encoder = CTViT(enc_cfg, rngs=rngs)
+    encoder = build_encoder(enc_cfg, rngs)
     projector = Projector(pcfg, rngs=rngs)
     model = VLM(encoder, projector, decoder, **{k: model_cfg[k] for k in _VLM_FLAGS if k in model_cfg})
     if lora is not None:
@@ -152,23 +213,35 @@ def _vlm_parts(model_cfg: dict, decoder: Decoder, seed: int, lora: Optional[LoRA
 
 
 def build_vlm(model_cfg: Mapping, *, seed: int = 0, mesh=None, with_lora: bool = True) -> VLM:
-    """CT-ViT -> projector -> decoder (+ LoRA adapters when the config asks and `with_lora`)."""
+    """Encoder (CT-ViT or Cosmos) -> projector -> decoder (+ LoRA adapters when the config asks and `with_lora`)."""
     model_cfg = _plain(model_cfg)
     check(model_cfg)
     lora = lora_config(model_cfg.get("lora")) if with_lora else None
     if not section(model_cfg, "decoder").get("hf_dir"):  # all random: one init program
         dcfg = decoder_config(model_cfg.get("decoder"))
-        return _created(lambda: _vlm_parts(model_cfg, Decoder(dcfg, rngs=nnx.Rngs(seed + 1)), seed, lora), mesh)
+        model = _created(lambda: _vlm_parts(model_cfg, Decoder(dcfg, rngs=nnx.Rngs(seed + 1)), seed, lora), mesh)
+        return encoder_weights(model, model_cfg, seed=seed, mesh=mesh)
     model = _vlm_parts(model_cfg, build_decoder(model_cfg.get("decoder"), seed=seed + 1, mesh=mesh), seed, lora)
     if mesh is not None:
         nnx.update(model, place_state(nnx.state(model), mesh))
-    return model
+    return encoder_weights(model, model_cfg, seed=seed, mesh=mesh)
+
+
+def build_cosmos_autoencoder(model_cfg: Mapping, *, seed: int = 0, mesh=None) -> cosmos_vision.CosmosAutoencoder:
+    """The tokenizer_finetune model: the VLM's Cosmos encoder (whole tokenizer; `hf_dir`'s weights if given)."""
+    model_cfg = _plain(model_cfg)
+    enc_cfg = encoder_config(model_cfg.get("encoder"))
+    if not isinstance(enc_cfg, cosmos_vision.CosmosVisionConfig):
+        raise ConfigError("stage kind tokenizer_finetune fine-tunes a Cosmos encoder: set model.encoder.preset to "
+                          f"one of {sorted(cosmos_vision.PRESETS)}")
+    model = _created(lambda: cosmos_vision.CosmosAutoencoder(build_encoder(enc_cfg, nnx.Rngs(seed))), mesh)
+    return encoder_weights(model, model_cfg, seed=seed, mesh=mesh)
 
 
 def build_lesion_mapper(model_cfg: Mapping, *, pos_weight: float, seed: int = 0, mesh=None) -> LesionMapper:
     """The lesion-map encoder pre-training model: CT-ViT + a per-token lesion-centre head."""
     model_cfg = _plain(model_cfg)
-    enc_cfg = encoder_config(model_cfg.get("encoder"))
+    enc_cfg = _ctvit_only(model_cfg, "encoder_pretrain (lesion_map)")
 
     def make():
         rngs = nnx.Rngs(seed)
@@ -180,7 +253,7 @@ def build_lesion_mapper(model_cfg: Mapping, *, pos_weight: float, seed: int = 0,
 def build_clip(model_cfg: Mapping, *, seed: int = 0, mesh=None) -> VolumeTextCLIP:
     """The encoder pre-training model: CT-ViT + RoBERTa text tower (random or `text_encoder.hf_dir`)."""
     model_cfg = _plain(model_cfg)
-    enc_cfg = encoder_config(model_cfg.get("encoder"))
+    enc_cfg = _ctvit_only(model_cfg, "encoder_pretrain (clip)")
     text = section(model_cfg, "text_encoder")
     clip = section(model_cfg, "clip")
     if text.get("hf_dir"):

@@ -78,7 +78,8 @@ class ProjectorConfig:
         """Projector matching a CTViTConfig (takes its grid and dim)."""
         _, h, w = encoder_cfg.grid
         if kwargs.get("features") == "lesion" and not getattr(encoder_cfg, "lesion_channel", False):
-            raise ValueError("projector features='lesion' needs an encoder with lesion_channel=True")
+            raise ValueError("projector features='lesion' needs an encoder with lesion_channel=True (CT-ViT's; "
+                             "Cosmos latents have none: use features='all')")
         return cls(grid=(h, w), vision_dim=encoder_cfg.out_dim, d_model=d_model, **kwargs)
 
 

@@ -63,10 +63,13 @@ def abstract_train_state(model: nnx.Module, spec: StageSpec, mesh, *, seed: int 
 
 def host_batch_schema(encoder_cfg, task: Optional[str], rows: int, length: int) -> dict[str, tuple]:
     """{field: (shape, dtype)} of one host batch of a task (the contract of data/batching.py): "lesion_map" and
-    "clip" are encoder pre-training's, anything else the VLM batch; `length` is the token axis."""
+    "clip" are encoder pre-training's, "volume" the tokenizer's, anything else the VLM batch; `length` is the token
+    axis."""
     images = ((rows, *encoder_cfg.input_shape), np.float32)
     if task == "lesion_map":
         return {"images": images, "lesion_map": ((rows, *encoder_cfg.grid), np.float32)}
+    if task == "volume":
+        return {"images": images, "volume_mask": ((rows,), np.float32)}
     if task == "clip":
         return {"images": images, "text_ids": ((rows, length), np.int32), "text_mask": ((rows, length), np.bool_)}
     tokens = {"input_ids": np.int32, "positions": np.int32, "attention_mask": np.bool_, "image_mask": np.bool_,

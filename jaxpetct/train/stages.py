@@ -17,10 +17,12 @@ from flax import nnx
 
 from jaxpetct.config import Stage, stage_settings
 from jaxpetct.errors import ConfigError
-from jaxpetct.models.factory import build_clip, build_lesion_mapper, build_vlm
+from jaxpetct.models.factory import (build_clip, build_cosmos_autoencoder, build_lesion_mapper, build_vlm,
+                                     encoder_trainable)
 from jaxpetct.train.optimizer import ParamGroup
 from jaxpetct.train.step import Task
-from jaxpetct.train.tasks import clip_loss, lesion_map_loss, text_only_loss, vlm_answer_loss
+from jaxpetct.train.tasks import (clip_loss, lesion_map_loss, text_only_loss, tokenizer_reconstruction_loss,
+                                   vlm_answer_loss)
 
 # (cfg, stage name, mesh or None, with LoRA adapters) -> model
 Builder = Callable[[Any, str, Any, bool], nnx.Module]
@@ -39,6 +41,8 @@ class StageKind:
     adds_lora: bool = False  # LoRA adapters exist from this stage on (in later stages and at evaluation)
     trains_encoder_optionally: bool = False  # stages.<name>.encoder_lr_scale > 0 also trains CT-ViT
     variant: Optional[Callable[[Stage], "StageKind"]] = None  # picks a refinement from the stage's settings
+    val_extras: tuple[str, ...] = ()  # the loss's extras that validation reports beside val_loss (val_<name>)
+    eval_before: bool = False  # validate the starting weights too (the stage summary's "initial"): what it gained
 
 
 STAGES: dict[str, StageKind] = {}
@@ -78,7 +82,7 @@ def trainable_groups(cfg, name: str) -> tuple[ParamGroup, ...]:
     if scale > 0:
         if not kind.trains_encoder_optionally:
             raise ConfigError(f"stages.{name}.encoder_lr_scale: stage kind {kind.name!r} cannot train CT-ViT")
-        groups = (*groups, ParamGroup("encoder", r"^encoder/", lr_scale=scale))
+        groups = (*groups, ParamGroup("encoder", encoder_trainable(cfg.model.encoder), lr_scale=scale))
     return groups
 
 
@@ -91,6 +95,10 @@ def _vlm(cfg, name: str, mesh, with_lora: bool) -> nnx.Module:
 
 def _clip(cfg, name: str, mesh, with_lora: bool) -> nnx.Module:
     return build_clip(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh)
+
+
+def _cosmos_autoencoder(cfg, name: str, mesh, with_lora: bool) -> nnx.Module:
+    return build_cosmos_autoencoder(cfg.model.to_dict(), seed=int(cfg.seed), mesh=mesh)
 
 
 def _lesion_mapper(cfg, name: str, mesh, with_lora: bool) -> nnx.Module:
@@ -134,3 +142,9 @@ register(StageKind("lora", _vlm, vlm_answer_loss,
 register(StageKind("full", _vlm, vlm_answer_loss,
                    (ParamGroup("projector", r"^projector/"), ParamGroup("decoder", r"^decoder/")),
                    trains_encoder_optionally=True))
+# The paper's Cosmos rows: the whole Cosmos autoencoder (the VLM's encoder, `encoder/tokenizer/`) fine-tuned on the
+# PET/CT volumes with L1 + 0.1 (1 - SSIM3D) before the VLM stages, which take it frozen. Validation reports PSNR and
+# SSIM of the reconstructed volumes, before and after.
+register(StageKind("tokenizer_finetune", _cosmos_autoencoder, tokenizer_reconstruction_loss,
+                   (ParamGroup("tokenizer", r"^encoder/tokenizer/"),), data_task="volume", vlm=False,
+                   val_extras=("psnr", "ssim"), eval_before=True))

@@ -46,3 +46,10 @@ def lesion_map_loss(model: nnx.Module, batch: dict, *, train: bool):
     """Per-token lesion-centre BCE (encoder pre-training from lesion centres, models/lesion_map.py)."""
     _mode(model, train)
     return model.loss(batch["images"], batch["lesion_map"])
+
+
+def tokenizer_reconstruction_loss(model: nnx.Module, batch: dict, *, train: bool):
+    """L1 + 0.1 (1 - SSIM3D) of the Cosmos tokenizer's reconstruction, summed over real volumes (tokenizer_finetune;
+    models/cosmos/vision.py: CosmosAutoencoder). Extras: L1, SSIM, and PET/CT PSNR and SSIM."""
+    _mode(model, train)
+    return model.loss(batch["images"], batch["volume_mask"])

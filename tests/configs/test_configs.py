@@ -24,7 +24,24 @@ def load(path):
 def test_there_are_paper_rows_pods_and_the_default():
     names = {p.stem for p in CONFIGS}
     assert {"default", "ctvit_mistral7b_o", "ctvit_mistral7b_og", "ctvit_mistral7b_ogc", "ctvit_llama2_7b_og",
-            "qwen25_0_5b_og", "encoder_pretrain_ctvit_phobert", "tpu_v5p_64", "gpu_1x8_h100"} <= names
+            "qwen25_0_5b_og", "encoder_pretrain_ctvit_phobert", "tpu_v5p_64", "gpu_1x8_h100", "cosmos_mistral7b_og",
+            "cosmos_mistral7b_ogc", "cosmos_tiny"} <= names
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.startswith("cosmos")], ids=lambda p: p.stem)
+def test_cosmos_configs_fine_tune_the_tokenizer_then_train_the_vlm_on_its_tokens(path):
+    cfg = load(path)
+    assert cfg.order[0] == "tokenizer_finetune" and cfg.order[-2:] == ("align", "lora")
+    assert training.stage_task(cfg, "tokenizer_finetune")[1] == "volume"
+    assert not training.kind_of(cfg, "tokenizer_finetune").vlm and cfg.model.projector.features == "all"
+    enc = encoder_config(cfg.model.encoder.to_dict())
+    assert tuple(cfg.data.image.channels) == ("pet", "ct") and cfg.data.image.out_range == "unit"
+    if path.stem != "cosmos_tiny":  # the paper's recipe
+        s = cfg.stages.tokenizer_finetune
+        assert (s.epochs, s.peak_lr, s.weight_decay, s.batch_size) == (20, 1e-4, 1e-5, 8)
+        assert enc.input_shape == (2, 120, 256, 256) and enc.grid == (16, 32, 32)
+        assert enc.tokenizer.compute_dtype.name == "bfloat16" and cfg.model.projector.pool == 1
+        assert tuple(cfg.eval.tasks) == (("report", "vqa") if path.stem.endswith("ogc") else ("report",))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

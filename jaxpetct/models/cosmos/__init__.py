@@ -18,6 +18,10 @@ slices as frames, and `rgb_to_petct` maps reconstructions back. Shapes: the caus
 1 + k latent frames and back exactly, H and W must be multiples of 8. A 120 x 256 x 256 volume gives a
 (16, 32, 32) grid of 16 channels = 16,384 tokens (`latent_tokens`; T' = 16, not 15, and decode returns 121
 slices: see its docstring); `causal_frames(120) = 121` is the slice count to pad to for an exact round trip.
+
+In the VLM: `CosmosVisionEncoder` (vision.py) is the second vision encoder beside CT-ViT (`model.encoder.preset`
+'cosmos_cv8x8x8' or 'cosmos_tiny', weights from a diffusers folder in `hf_dir`), and `CosmosAutoencoder` the
+model of the `tokenizer_finetune` stage (L1 + 0.1 (1 - SSIM3D) on the PET/CT volumes).
 """
 from jaxpetct.models.cosmos.config import BlockPlan, CosmosConfig
 from jaxpetct.models.cosmos.io import (diffusers_name, diffusers_state, from_state_dict, load_diffusers,
@@ -26,8 +30,10 @@ from jaxpetct.models.cosmos.layers import haar_dwt, haar_idwt, patchify, unpatch
 from jaxpetct.models.cosmos.model import CosmosTokenizer
 from jaxpetct.models.cosmos.petct import causal_frames, latent_tokens, petct_to_rgb, rgb_to_petct
 from jaxpetct.models.cosmos.torchscript import convert_torchscript_state_dict
+from jaxpetct.models.cosmos.vision import CosmosAutoencoder, CosmosVisionConfig, CosmosVisionEncoder
 
-__all__ = ["BlockPlan", "CosmosConfig", "CosmosTokenizer", "causal_frames", "convert_torchscript_state_dict",
+__all__ = ["BlockPlan", "CosmosAutoencoder", "CosmosConfig", "CosmosTokenizer", "CosmosVisionConfig",
+           "CosmosVisionEncoder", "causal_frames", "convert_torchscript_state_dict",
            "diffusers_name", "diffusers_state", "from_state_dict", "haar_dwt", "haar_idwt", "latent_tokens",
            "load_diffusers", "model_directory", "patchify", "petct_to_rgb", "rgb_to_petct", "save_diffusers",
            "unpatchify"]
