@@ -38,6 +38,9 @@ class Stage:
     warmup_fraction: float = 0.03
     final_lr_fraction: float = 0.0
     weight_decay: float = 0.0
+    # "adamw": decay decoupled from the gradient (LLaVA's AdamW); "adam": torch.optim.Adam's weight_decay, an L2
+    # term added to the gradient before the moments (the paper's Cosmos fine-tuning)
+    optimizer: str = "adamw"
     clip_norm: float = 1.0  # 0 = no clipping
     grad_accum_steps: int = 1  # loader batches per optimizer step (one k-times-larger batch, token-weighted)
     batch_size: int = 0  # per-host batch of this stage's optimizer step (0 = data.batch_size)

@@ -87,7 +87,7 @@ def _cosmos(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     by the projector (pool 1: a 16,384 x 4,096 matrix; models/cosmos/vision.py says why not pooled).
 
     Stage 1 fine-tunes the whole autoencoder on the volumes (tokenizer_finetune): L1 + 0.1 (1 - SSIM3D), Adam
-    lr 1e-4 (the project's AdamW, decoupled weight decay 1e-5 on kernels), cosine from the peak, 20 epochs of the
+    lr 1e-4 with torch's L2 weight decay 1e-5 (on kernels), no clipping, cosine from the peak, 20 epochs of the
     regions records, batch 8, bf16 compute with float32 master weights, blocks rematerialised. align and LoRA then
     take it frozen, as CT-ViT.
     """
@@ -97,7 +97,7 @@ def _cosmos(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.order = ("tokenizer_finetune", "align", "lora")
     # batch 8 as 2 micro-batches of 4 (one volume a GPU): one micro-batch of 8 plans at 64.2 GiB a GPU, within 1 GiB of
     # the 90 % line; the update is the same (losses are sums over volumes)
-    c.stages.tokenizer_finetune = stage(epochs=20, peak_lr=1e-4, weight_decay=1e-5, warmup_fraction=0.0,
-                                        batch_size=8, grad_accum_steps=2, save_every=500, log_every=10,
-                                        eval_every=1000)
+    c.stages.tokenizer_finetune = stage(epochs=20, peak_lr=1e-4, weight_decay=1e-5, optimizer="adam", clip_norm=0.0,
+                                        warmup_fraction=0.0, batch_size=8, grad_accum_steps=2, save_every=500,
+                                        log_every=10, eval_every=1000)
     return c

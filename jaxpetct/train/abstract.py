@@ -55,7 +55,8 @@ def abstract_train_state(model: nnx.Module, spec: StageSpec, mesh, *, seed: int 
     groups = spec.param_groups()
     graphdef, params, frozen, group_of = split_trainable(model, groups)
     schedule = Schedule(spec.peak_lr, spec.steps, spec.warmup_fraction, spec.final_lr_fraction)
-    tx = make_optimizer(params, group_of, groups, schedule, weight_decay=spec.weight_decay, clip_norm=spec.clip_norm)
+    tx = make_optimizer(params, group_of, groups, schedule, weight_decay=spec.weight_decay, clip_norm=spec.clip_norm,
+                          optimizer=spec.optimizer)
     shardings = train_state_shardings(params, frozen, tx, mesh)
     shapes = jax.eval_shape(lambda p, f: init_state(p, f, tx, seed=seed), params, frozen)
     return AbstractState(graphdef, with_sharding(shapes, shardings), shardings, tx)

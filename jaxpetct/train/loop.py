@@ -89,7 +89,8 @@ def prepare_state(model: nnx.Module, spec: StageSpec, mesh, *, seed: int = 0):
     groups = spec.param_groups()
     graphdef, params, frozen, group_of = split_trainable(model, groups)
     schedule = Schedule(spec.peak_lr, spec.steps, spec.warmup_fraction, spec.final_lr_fraction)
-    tx = make_optimizer(params, group_of, groups, schedule, weight_decay=spec.weight_decay, clip_norm=spec.clip_norm)
+    tx = make_optimizer(params, group_of, groups, schedule, weight_decay=spec.weight_decay, clip_norm=spec.clip_norm,
+                          optimizer=spec.optimizer)
     shardings = train_state_shardings(params, frozen, tx, mesh)
     with jax.set_mesh(mesh):
         params = jax.device_put(params, shardings.params)

@@ -75,8 +75,11 @@ def make_optimizer(
     b2: float = 0.999,
     eps: float = 1e-8,
     clip_norm: float | None = 1.0,
+    optimizer: str = "adamw",
 ) -> optax.GradientTransformation:
     """AdamW per group (own LR scale, decay only on matrices of decaying groups) after global-norm clipping.
+    `optimizer="adam"` is torch.optim.Adam with weight_decay instead: the decay enters the gradient (L2), so Adam's
+    moments rescale it, which is what a recipe written for torch's Adam trained with.
 
     `group_of` is a pytree matching `params` whose leaves are group names; every leaf of `params` must be
     trainable (freeze by not passing a leaf at all).
@@ -85,9 +88,17 @@ def make_optimizer(
     transforms = {}
     for name, g in by_name.items():
         decay_mask = (lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)) if g.weight_decay else False
-        transforms[name] = optax.adamw(
-            schedule(g.lr_scale), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask
-        )
+        if optimizer == "adamw":
+            transforms[name] = optax.adamw(
+                schedule(g.lr_scale), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask
+            )
+        elif optimizer == "adam":
+            matrices = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)  # noqa: E731
+            transforms[name] = optax.chain(
+                optax.add_decayed_weights(weight_decay if g.weight_decay else 0.0, matrices),
+                optax.adam(schedule(g.lr_scale), b1=b1, b2=b2, eps=eps))
+        else:
+            raise ValueError(f"optimizer must be 'adamw' or 'adam', got {optimizer!r}")
     used = set(jax.tree.leaves(group_of))
     transforms = {k: v for k, v in transforms.items() if k in used}
     chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []

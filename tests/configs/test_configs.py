@@ -39,6 +39,7 @@ def test_cosmos_configs_fine_tune_the_tokenizer_then_train_the_vlm_on_its_tokens
     if path.stem != "cosmos_tiny":  # the paper's recipe
         s = cfg.stages.tokenizer_finetune
         assert (s.epochs, s.peak_lr, s.weight_decay, s.batch_size) == (20, 1e-4, 1e-5, 8)
+        assert (s.optimizer, s.clip_norm) == ("adam", 0.0)  # torch.optim.Adam's L2 decay, as the paper's code
         assert enc.input_shape == (2, 120, 256, 256) and enc.grid == (16, 32, 32)
         assert enc.tokenizer.compute_dtype.name == "bfloat16" and cfg.model.projector.pool == 1
         assert tuple(cfg.eval.tasks) == (("report", "vqa") if path.stem.endswith("ogc") else ("report",))
