@@ -183,7 +183,7 @@ class ToModelInputs(grain.transforms.RandomMap):
 
     def __init__(self, task: str, tokenizer: Any, image: ImageConfig = ImageConfig(),
                  augment: AugmentConfig = AugmentConfig(), text: TextConfig = TextConfig(), *, train: bool = True,
-                 lesion_table: Optional[dict] = None, lesion_grid: tuple = ()):
+                 lesion_table: Optional[dict] = None, lesion_grid: tuple = (), lesion_slice_tokens: tuple = ()):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if task == "lesion_map" and (lesion_table is None or len(lesion_grid) != 3):
@@ -191,6 +191,7 @@ class ToModelInputs(grain.transforms.RandomMap):
         self.task, self.tokenizer, self.image, self.augment, self.text, self.train = (
             task, tokenizer, image, augment, text, train)
         self.lesion_table, self.lesion_grid = lesion_table, tuple(lesion_grid)
+        self.lesion_slice_tokens = tuple(lesion_slice_tokens)
 
     def random_map(self, record: dict, rng: np.random.Generator) -> dict:
         rng = rng if self.train else None
@@ -202,7 +203,8 @@ class ToModelInputs(grain.transforms.RandomMap):
                 raise ValueError(f"record {rid}: study {sid} is not in the lesion table")
             meta["reference"] = ""
             return {"images": model_images(record, self.image, AugmentConfig(), None),
-                    "lesion_map": lesion_map(record, self.lesion_table[sid], self.lesion_grid), "meta": meta}
+                    "lesion_map": lesion_map(record, self.lesion_table[sid], self.lesion_grid,
+                                               self.lesion_slice_tokens), "meta": meta}
         out = {"images": model_images(record, self.image, self.augment, rng)}
         if self.task == "volume":  # the volume is its own target: no text (train.tasks.tokenizer_reconstruction_loss)
             meta["reference"] = ""

@@ -70,8 +70,11 @@ def read_lesion_table(path: str, salt: str) -> dict[str, Centres]:
     return table
 
 
-def lesion_map(record: Mapping, centres: Sequence[tuple[int, int, int]], grid: tuple[int, int, int]) -> np.ndarray:
-    """(T, h, w) float32: 1 on tokens that hold a lesion centre of this region record, 0 elsewhere."""
+def lesion_map(record: Mapping, centres: Sequence[tuple[int, int, int]], grid: tuple[int, int, int],
+               slice_tokens: Sequence[int] = ()) -> np.ndarray:
+    """(T, h, w) float32: 1 on tokens that hold a lesion centre of this region record, 0 elsewhere. A centre's
+    token along T is its share of the slab (T tokens over equal slabs, CT-ViT's), or with `slice_tokens` (one entry
+    per slice of the encoder's input, e.g. Cosmos' causal frames: the first slice alone) that of its input slice."""
     t, h, w = grid
     a, b = (int(v) for v in np.asarray(record["slice_range"]).tolist())
     shape = [int(v) for v in np.asarray(record["source_shape"]).tolist()]
@@ -81,5 +84,7 @@ def lesion_map(record: Mapping, centres: Sequence[tuple[int, int, int]], grid: t
     out = np.zeros((t, h, w), np.float32)
     for k, j, i in centres:
         if a <= k < b and 0 <= j < shape[1] and 0 <= i < shape[2]:
-            out[int((k - a) * t // (b - a)), int(j * h // shape[1]), int(i * w // shape[2])] = 1.0
+            z = (slice_tokens[(k - a) * len(slice_tokens) // (b - a)] if len(slice_tokens)
+                 else (k - a) * t // (b - a))
+            out[int(z), int(j * h // shape[1]), int(i * w // shape[2])] = 1.0
     return out

@@ -46,6 +46,7 @@ class LoaderConfig:
     #                       paper-size batches
     lesion_table: Optional[dict] = None  # lesion_map task: {study_id: lesion centres} (data/lesion_targets.py)
     lesion_grid: tuple = ()  # lesion_map task: the encoder's (T, h, w) token grid
+    lesion_slice_tokens: tuple = ()  # lesion_map task: each input slice's token where not uniform (lesion_map)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -143,7 +144,8 @@ def records_dataset(source, config: LoaderConfig, *, shard_index: Optional[int] 
 def _examples(source, task: str, tokenizer: Any, config: LoaderConfig, shard_index, shard_count) -> grain.MapDataset:
     index, count = shard_of(shard_index, shard_count)
     transform = ToModelInputs(task, tokenizer, config.image, config.augment, config.text, train=config.train,
-                              lesion_table=config.lesion_table, lesion_grid=config.lesion_grid)
+                              lesion_table=config.lesion_table, lesion_grid=config.lesion_grid,
+                              lesion_slice_tokens=config.lesion_slice_tokens)
     # Random draws are seeded by the element's place in the global order, before the host split.
     ds = _global_order(source, config).random_map(transform, seed=config.seed)
     return HostRows(ds, index, count, config.batch_size)

@@ -8,7 +8,8 @@ Layout of an export directory (written atomically: a crash leaves the previous e
     vision/    ctvit.safetensors, projector.safetensors (our NNX parameter names and layouts: Linear kernels are
                (in, out)), vision_config.json (encoder and projector configs, VLM flags, the chat template);
                with a Cosmos encoder, cosmos/ (a diffusers AutoencoderKLCosmos folder, the whole tokenizer:
-               `AutoencoderKLCosmos.from_pretrained` reads it) instead of ctvit.safetensors
+               `AutoencoderKLCosmos.from_pretrained` reads it) instead of ctvit.safetensors, and its lesion head
+               (lesion_channel) in cosmos_lesion_head.safetensors
     README.md  how to load each part
 
 `load_vision(dir)` and `load_vlm(dir)` read it back; tensors come back bit-identical. Only process 0 writes; all
@@ -44,6 +45,7 @@ FORMAT = "jaxpetct-vlm-vision"
 VERSION = 1
 VISION_CONFIG, ENCODER_FILE, PROJECTOR_FILE = "vision_config.json", "ctvit.safetensors", "projector.safetensors"
 COSMOS_DIR = "cosmos"  # vision/cosmos: the Cosmos encoder's tokenizer as a diffusers folder
+LESION_HEAD_FILE = "cosmos_lesion_head.safetensors"  # a Cosmos encoder's lesion head (lesion_channel), if any
 
 
 class ExportError(UserError, ValueError):
@@ -158,6 +160,8 @@ def export_vlm(model: VLM, out_dir: Union[str, pathlib.Path], *, tokenizer: Unio
         raise ExportError(f"tokenizer folder {tok_dir.name!r} does not exist")
     cosmos = isinstance(model.encoder, CosmosVisionEncoder)
     encoder_t = None if cosmos else _param_tensors(model.encoder)  # gathers: all processes
+    head = getattr(model.encoder, "lesion_head", None) if cosmos else None
+    head_t = None if head is None else _param_tensors(head)
     projector_t = _param_tensors(model.projector)
     if jax.process_index() != 0:
         if cosmos:
@@ -174,6 +178,8 @@ def export_vlm(model: VLM, out_dir: Union[str, pathlib.Path], *, tokenizer: Unio
             _write_mistral_tokenizer(tmp / "llm")
         if encoder_t is not None:
             save_file(encoder_t, str(vision / ENCODER_FILE), metadata={"format": FORMAT})
+        if head_t is not None:
+            save_file(head_t, str(vision / LESION_HEAD_FILE), metadata={"format": FORMAT})
         save_file(projector_t, str(vision / PROJECTOR_FILE), metadata={"format": FORMAT})
         meta = {"format": FORMAT, "version": VERSION, "encoder_kind": "cosmos" if cosmos else "ctvit",
                 "encoder": _cosmos_json(model.encoder.cfg) if cosmos else _config_json(model.encoder.cfg),
@@ -198,6 +204,7 @@ def _cosmos_json(cfg: CosmosVisionConfig) -> dict:
     """The Cosmos encoder's volume and runtime settings (its architecture is vision/cosmos/config.json)."""
     t = cfg.tokenizer
     return {"channels": cfg.channels, "depth": cfg.depth, "height": cfg.height, "width": cfg.width,
+            "lesion_channel": bool(cfg.lesion_channel),
             "dtype": jnp.dtype(t.dtype).name, "param_dtype": jnp.dtype(t.param_dtype).name, "remat": bool(t.remat)}
 
 
@@ -205,11 +212,16 @@ def _load_cosmos(vision: pathlib.Path, settings: dict) -> CosmosVisionEncoder:
     try:
         runtime = {k: settings[k] for k in ("dtype", "param_dtype", "remat")}
         tokenizer = load_diffusers(vision / COSMOS_DIR, **runtime)
-        cfg = CosmosVisionConfig(tokenizer=tokenizer.cfg, **{k: settings[k] for k in ("channels", "depth", "height",
-                                                                                         "width")})
+        volume = {k: settings[k] for k in ("channels", "depth", "height", "width")}
+        cfg = CosmosVisionConfig(tokenizer=tokenizer.cfg, lesion_channel=bool(settings.get("lesion_channel")), **volume)
     except (UserError, KeyError, ValueError) as e:
         raise ExportError(f"vision/{COSMOS_DIR}: cannot load the Cosmos encoder ({e})") from e
-    return CosmosVisionEncoder(cfg, tokenizer=tokenizer)
+    encoder = CosmosVisionEncoder(cfg, tokenizer=tokenizer)
+    if encoder.lesion_head is not None:
+        c, dtype = cfg.tokenizer.latent_channels, cfg.tokenizer.param_dtype
+        encoder.lesion_head = _fill(nnx.eval_shape(lambda: nnx.Linear(c, 1, param_dtype=dtype, rngs=nnx.Rngs(0))),
+                                    vision / LESION_HEAD_FILE)
+    return encoder
 
 
 def load_vision(export_dir: Union[str, pathlib.Path]) -> tuple[nnx.Module, Projector, dict[str, Any]]:

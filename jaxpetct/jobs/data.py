@@ -174,6 +174,7 @@ class ModelIO:
     num_visual_tokens: int
     grid: tuple = ()  # the encoder's (T, h, w) token grid (lesion_map targets)
     text_positions: int = 0  # CLIP: tokens the text tower can place (RoBERTa: max positions - pad id - 1); 0 = none
+    slice_tokens: tuple = ()  # the token (T index) of each input slice where not uniform (Cosmos' causal frames)
 
 
 def lesion_table_path(cfg, workdir: str) -> str:
@@ -228,7 +229,8 @@ def loader_config(cfg, io: ModelIO, *, train: bool, task: str = "report", seed: 
                   worker_count=int(cfg.data.worker_count) if train else 0,
                   read_threads=int(cfg.data.read_threads), read_buffer=int(cfg.data.read_buffer))
     if task == "lesion_map":
-        common.update(lesion_table=lesion_table(cfg, workdir), lesion_grid=tuple(io.grid))
+        common.update(lesion_table=lesion_table(cfg, workdir), lesion_grid=tuple(io.grid),
+                      lesion_slice_tokens=tuple(io.slice_tokens))
     if train:
         return pipeline.LoaderConfig(train=True, **common)
     # Teacher-forced validation loss: training encoding, one ordered pass, the short last batch padded.

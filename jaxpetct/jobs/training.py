@@ -57,7 +57,8 @@ def model_io(model) -> data_jobs.ModelIO:
     enc = model.encoder.cfg  # the vision encoder (CT-ViT or Cosmos) is `encoder` in every stage's model
     text = getattr(getattr(model, "text", None), "cfg", None)  # CLIP's text tower (fairseq positions from pad + 1)
     positions = int(text.max_position_embeddings - text.pad_token_id - 1) if text is not None else 0
-    return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]), tuple(enc.grid), positions)
+    return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]), tuple(enc.grid), positions,
+                             tuple(getattr(enc, "slice_tokens", ())))
 
 
 def build_stage_model(cfg, name: str, *, mesh=None):
@@ -106,6 +107,8 @@ def stage_spec(cfg, name: str, n_train: int) -> StageSpec:
         steps = max(1, math.ceil(s.epochs * n_train / global_batch))
     if steps < 1:
         raise data_jobs.ConfigError(f"stages.{name}: give steps or epochs")
+    if s.optimizer not in ("adamw", "adam"):
+        raise data_jobs.ConfigError(f"stages.{name}.optimizer: 'adamw' or 'adam', got {s.optimizer!r}")
     fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
     return StageSpec(name=name, **{**fields, "steps": steps}, groups=trainable_groups(cfg, name))
 

@@ -117,7 +117,7 @@ def encoder_config(cfg: Mapping) -> Union[CTViTConfig, cosmos_vision.CosmosVisio
 def encoder_trainable(encoder_cfg: Optional[Mapping]) -> str:
     """The path regex of the encoder weights a VLM stage trains with encoder_lr_scale > 0: all of CT-ViT; of
     Cosmos only the encode half (its decode half gets no gradient in the VLM, and AdamW's decay would still move it)."""
-    return r"^encoder/tokenizer/(encoder|quant_conv)/" if is_cosmos(encoder_cfg) else r"^encoder/"
+    return r"^encoder/(tokenizer/(encoder|quant_conv)|lesion_head)/" if is_cosmos(encoder_cfg) else r"^encoder/"
 
 
 def _ctvit_only(model_cfg: Mapping, what: str) -> CTViTConfig:
@@ -132,7 +132,8 @@ def build_encoder(enc_cfg, rngs: nnx.Rngs) -> nnx.Module:
     """CT-ViT, randomly initialised, or the Cosmos vision encoder with zero weights (`encoder_weights` fills them:
     models/cosmos/vision.py, random_weights, says why)."""
     if isinstance(enc_cfg, cosmos_vision.CosmosVisionConfig):
-        return cosmos_vision.CosmosVisionEncoder(enc_cfg)
+        return cosmos_vision.CosmosVisionEncoder(enc_cfg, rngs=rngs,
+                                                 tokenizer=cosmos_vision.zero_tokenizer(enc_cfg.tokenizer))
     return CTViT(enc_cfg, rngs=rngs)
 
 
@@ -239,15 +240,15 @@ def build_cosmos_autoencoder(model_cfg: Mapping, *, seed: int = 0, mesh=None) ->
 
 
 def build_lesion_mapper(model_cfg: Mapping, *, pos_weight: float, seed: int = 0, mesh=None) -> LesionMapper:
-    """The lesion-map encoder pre-training model: CT-ViT + a per-token lesion-centre head."""
+    """The lesion-map encoder pre-training model: CT-ViT (or Cosmos) + a per-token lesion-centre head."""
     model_cfg = _plain(model_cfg)
-    enc_cfg = _ctvit_only(model_cfg, "encoder_pretrain (lesion_map)")
+    enc_cfg = encoder_config(model_cfg.get("encoder"))
 
     def make():
         rngs = nnx.Rngs(seed)
-        return LesionMapper(CTViT(enc_cfg, rngs=rngs), pos_weight=pos_weight, rngs=rngs)
+        return LesionMapper(build_encoder(enc_cfg, rngs), pos_weight=pos_weight, rngs=rngs)
 
-    return _created(make, mesh)
+    return encoder_weights(_created(make, mesh), model_cfg, seed=seed, mesh=mesh)
 
 
 def build_clip(model_cfg: Mapping, *, seed: int = 0, mesh=None) -> VolumeTextCLIP:

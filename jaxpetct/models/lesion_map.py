@@ -1,4 +1,5 @@
-"""Encoder pre-training by lesion-centre maps: CT-ViT + a per-token linear head, weighted binary cross entropy.
+"""Encoder pre-training by lesion-centre maps: CT-ViT (or Cosmos) + a per-token linear head, weighted binary cross
+entropy.
 
 The alternative to the paper's CLIP stage where lesion centres are known (jaxpetct/data/lesion_targets.py says why):
 each of the T x h x w tokens predicts whether a lesion centre lies in it. Positives are rare (a few tokens of
@@ -13,7 +14,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxpetct.models.ctvit import CTViT
 
 Array = jax.Array
 
@@ -30,9 +30,9 @@ class LesionMapper(nnx.Module):
     """With ``lesion_channel`` the logit is CT-ViT's own last output feature (its head goes to the VLM with it);
     otherwise a separate head here, dropped after this stage."""
 
-    def __init__(self, encoder: CTViT, *, pos_weight: float, rngs: nnx.Rngs):
+    def __init__(self, encoder: nnx.Module, *, pos_weight: float, rngs: nnx.Rngs):
         self.encoder = encoder  # named as in the VLM, so the next stage loads it path for path
-        self.head = None if encoder.cfg.lesion_channel else nnx.Linear(encoder.cfg.dim, 1, rngs=rngs)
+        self.head = None if encoder.cfg.lesion_channel else nnx.Linear(encoder.cfg.out_dim, 1, rngs=rngs)
         self.pos_weight = float(pos_weight)
 
     def __call__(self, images: Array) -> Array:

@@ -60,6 +60,16 @@ def test_placement_by_hand():
                    (4, 4, 4))
 
 
+def test_placement_by_the_encoders_own_slice_tokens():
+    # 20 source slices resized to 16 input slices; Cosmos' causal frames: slice 0 alone, then groups of 8
+    rec = {"slice_range": np.asarray([10, 30]), "source_shape": np.asarray([100, 64, 64])}
+    tokens = (0,) + (1,) * 8 + (2,) * 7
+    m = lesion_map(rec, [(10, 0, 0), (11, 0, 0), (21, 0, 0), (22, 0, 0)], (3, 4, 4), tokens)
+    # source 11 -> input slice 0 (1 * 16 // 20), 21 -> 8, 22 -> 9: tokens 0, 0, 1, 2 (uniform thirds: 0, 0, 1, 1)
+    assert m[:, 0, 0].tolist() == [1, 1, 1]
+    assert lesion_map(rec, [(22, 0, 0)], (3, 4, 4))[:, 0, 0].tolist() == [0, 1, 0]
+
+
 def test_marked_tokens_are_where_the_records_pet_is_hot(table, built):
     """Independent of the placement formula: the block maximum of the record's own PET (the encoder input grid)
     is far higher on tokens holding a lesion centre than on the record's other tokens."""

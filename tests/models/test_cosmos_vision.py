@@ -135,18 +135,49 @@ def test_a_wrong_encoder_setting_is_one_config_error(encoder, message):
     assert "\n" not in str(e.value)
 
 
-def test_stages_that_need_ct_vit_say_so_and_the_lesion_channel_is_refused():
+def test_stages_that_need_ct_vit_say_so_and_the_lesion_channel_is_refused_without_its_head():
     cfg = _model_cfg()
-    with pytest.raises(ConfigError, match="tokenizer_finetune"):
-        factory.build_lesion_mapper(cfg, pos_weight=2.0)
     with pytest.raises(ConfigError, match="tokenizer_finetune"):
         factory.build_clip(cfg)
     with pytest.raises(ConfigError, match="Cosmos encoder"):
         factory.build_cosmos_autoencoder({**cfg, "encoder": dict(preset="tiny", channels=2)})
     with pytest.raises(ValueError, match="Cosmos latents have none"):
         factory.build_vlm({**cfg, "projector": dict(features="lesion")})
-    assert factory.encoder_trainable(cfg["encoder"]) == r"^encoder/tokenizer/(encoder|quant_conv)/"
+    assert factory.encoder_trainable(cfg["encoder"]) == r"^encoder/(tokenizer/(encoder|quant_conv)|lesion_head)/"
     assert factory.encoder_trainable(dict(preset="tiny")) == r"^encoder/"
+
+
+def test_slice_tokens_follow_the_causal_frames():
+    cfg = factory.encoder_config(TINY)  # 16 slices -> 17 frames -> 3 latent frames (the first frame alone)
+    assert cfg.grid[0] == 3 and cfg.slice_tokens == (0,) + (1,) * 8 + (2,) * 7
+
+
+def test_the_lesion_channel_is_a_linear_readout_of_the_latent_trained_by_lesion_maps(tmp_path):
+    from jaxpetct.eval.export import export_vlm, load_vision
+
+    cfg = _model_cfg(lesion_channel=True)
+    mapper = factory.build_lesion_mapper(cfg, pos_weight=5.0, seed=0)
+    assert mapper.head is None and mapper.encoder.cfg.out_dim == 4 + 1
+    images = _volumes((2, 2, 16, 32, 32), seed=5)
+    tokens = _encode(mapper.encoder, images)
+    latent = nnx.jit(lambda e, x: e.tokenizer.encode(e.video(x)))(mapper.encoder, images)
+    head = mapper.encoder.lesion_head
+    np.testing.assert_allclose(np.asarray(tokens[..., :4]), np.asarray(latent), rtol=0, atol=0)
+    np.testing.assert_allclose(np.asarray(tokens[..., 4]), np.asarray(head(latent))[..., 0], rtol=1e-5, atol=1e-6)
+    targets = jnp.zeros((2, 3, 4, 4)).at[0, 1, 2, 2].set(1.0)
+    grads = nnx.jit(nnx.grad(lambda m: m.loss(images, targets)[0]))(mapper)
+    norms = {}
+    for k, v in nnx.to_flat_state(grads):
+        norms[k[:3]] = max(norms.get(k[:3], 0.0), float(np.abs(np.asarray(v.get_value())).max()))
+    assert norms[("encoder", "lesion_head", "kernel")] > 0 and norms[("encoder", "tokenizer", "encoder")] > 0
+    assert norms[("encoder", "tokenizer", "decoder")] == 0  # the decode half is not on the path
+    vlm_cfg = {**cfg, "projector": dict(kind="linear", pool=1, pool_op="mean", features="lesion")}
+    vlm = factory.build_vlm(vlm_cfg, seed=0, with_lora=False)
+    assert vlm.projector.cfg.in_features == 4 * 4
+    out = export_vlm(vlm, tmp_path / "export")
+    assert (out / "vision" / "cosmos_lesion_head.safetensors").is_file()
+    encoder, _, _ = load_vision(out)
+    np.testing.assert_array_equal(np.asarray(_encode(encoder, images)), np.asarray(_encode(vlm.encoder, images)))
 
 
 def test_the_autoencoder_loss_is_the_papers_and_ignores_filler_rows():

@@ -58,6 +58,10 @@ class CosmosVisionConfig:
     depth: int = 120
     height: int = 256
     width: int = 256
+    # A per-cell lesion logit appended to the latent (a Linear over its channels), as CTViTConfig.lesion_channel:
+    # trained by encoder_pretrain's lesion_map objective, read alone by projector features='lesion'. The tiny
+    # config's stand-in for a pretrained tokenizer's features; the paper's rows read the latent as it is.
+    lesion_channel: bool = False
 
     def __post_init__(self):
         t = self.tokenizer
@@ -88,12 +92,15 @@ class CosmosVisionConfig:
 
     @property
     def out_dim(self) -> int:
-        return self.tokenizer.latent_channels
+        """Features per grid cell: the latent channels, plus the lesion logit when lesion_channel."""
+        return self.tokenizer.latent_channels + int(self.lesion_channel)
 
     @property
-    def lesion_channel(self) -> bool:
-        """Cosmos latents carry no lesion logit (CTViTConfig.lesion_channel): projector features must be 'all'."""
-        return False
+    def slice_tokens(self) -> tuple[int, ...]:
+        """The latent frame (visual token) of each input slice: slice 0 is the causal first frame alone, then each
+        group of `temporal_compression` slices shares one (lesion_map targets place a centre by this)."""
+        k = self.tokenizer.temporal_compression_ratio
+        return tuple((z + k - 1) // k for z in range(self.depth))
 
 
 # preset -> (tokenizer config factory, the volume it reads by default)
@@ -101,12 +108,12 @@ PRESETS = {
     "cosmos_cv8x8x8": (CosmosConfig.cv8x8x8, dict(depth=120, height=256, width=256)),
     "cosmos_tiny": (CosmosConfig.tiny, dict(depth=16, height=32, width=32)),
 }
-_VOLUME_FIELDS = ("channels", "depth", "height", "width")
+_VISION_FIELDS = ("channels", "depth", "height", "width", "lesion_channel")
 
 
 def config_keys() -> set[str]:
     """The keys a Cosmos `model.encoder` section may set: preset, hf_dir, the volume and CosmosConfig fields."""
-    return {"preset", "hf_dir", *_VOLUME_FIELDS} | {f.name for f in dataclasses.fields(CosmosConfig)}
+    return {"preset", "hf_dir", *_VISION_FIELDS} | {f.name for f in dataclasses.fields(CosmosConfig)}
 
 
 def vision_config(preset: str, **overrides) -> CosmosVisionConfig:
@@ -114,7 +121,7 @@ def vision_config(preset: str, **overrides) -> CosmosVisionConfig:
     if preset not in PRESETS:
         raise ConfigError(f"unknown Cosmos preset {preset!r}; use one of {sorted(PRESETS)}")
     make, volume = PRESETS[preset]
-    volume = {**volume, **{k: overrides.pop(k) for k in _VOLUME_FIELDS if k in overrides}}
+    volume = {**volume, **{k: overrides.pop(k) for k in _VISION_FIELDS if k in overrides}}
     try:
         return CosmosVisionConfig(tokenizer=make(**overrides), **volume)
     except TypeError as e:
@@ -178,13 +185,17 @@ class CosmosVisionEncoder(nnx.Module):
     def __init__(self, cfg: CosmosVisionConfig, *, rngs: Optional[nnx.Rngs] = None,
                  tokenizer: Optional[CosmosTokenizer] = None):
         """`tokenizer` (e.g. `load_diffusers`'; its config must be cfg's), else one drawn from `rngs`, else a
-        `zero_tokenizer` for `random_weights` or a checkpoint to fill (what the factory builds)."""
+        `zero_tokenizer` for `random_weights` or a checkpoint to fill (what the factory builds). The lesion head
+        (lesion_channel) is drawn from `rngs` (or seed 0)."""
         if tokenizer is not None and tokenizer.cfg != cfg.tokenizer:
             raise ValueError("the tokenizer's config is not the one CosmosVisionConfig names")
         if tokenizer is None:
             tokenizer = CosmosTokenizer(cfg.tokenizer, rngs=rngs) if rngs is not None else zero_tokenizer(cfg.tokenizer)
         self.cfg = cfg
         self.tokenizer = tokenizer
+        c = cfg.tokenizer.latent_channels
+        self.lesion_head = (nnx.Linear(c, 1, param_dtype=cfg.tokenizer.param_dtype, rngs=rngs or nnx.Rngs(0))
+                            if cfg.lesion_channel else None)
 
     def video(self, images: Array) -> Array:
         """(B, C, D, H, W) in [0, 1] -> (B, frames, H, W, 3) in [-1, 1], the last slice repeated to `frames`."""
@@ -202,7 +213,11 @@ class CosmosVisionEncoder(nnx.Module):
         return rgb_to_petct(rgb) if self.cfg.channels == 2 else (rgb.mean(axis=-1, keepdims=True) + 1.0) * 0.5
 
     def __call__(self, images: Array) -> Array:
-        return self.tokenizer.encode(self.video(images))
+        z = self.tokenizer.encode(self.video(images))
+        if self.lesion_head is None:
+            return z
+        logit = self.lesion_head(z.astype(jnp.float32)).astype(z.dtype)
+        return jnp.concatenate([z, logit], axis=-1)
 
     def reconstruct(self, images: Array) -> tuple[Array, Array]:
         """(reconstruction, target), both (B, D, H, W, 3) in the tokenizer's [-1, 1]: the first D decoded frames
