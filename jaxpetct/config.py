@@ -127,6 +127,9 @@ class Data:
     # 8 GB of float32 on the host: keep the buffer small there.
     read_threads: int = 2
     read_buffer: int = 4
+    # Parsed records kept in memory per process while they fit (data/record_cache.py says why); 0 = off. The tiny
+    # default's splits take ~470 MB; paper-size records (~130 MB each) mostly miss it.
+    cache_mb: int = 512
     image: Image = dataclasses.field(default_factory=Image)
     augment: Augment = dataclasses.field(default_factory=Augment)
 

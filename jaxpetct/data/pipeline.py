@@ -22,6 +22,7 @@ import grain
 
 from jaxpetct.data.batching import DEFAULT_BUCKETS, Collate
 from jaxpetct.data.inputs import AugmentConfig, ImageConfig, TextConfig, ToModelInputs, tokenizer_for
+from jaxpetct.data.record_cache import CachedSource
 
 
 
@@ -77,14 +78,20 @@ def dataset_dir(data_dir: str, config: str, version: Optional[str] = None) -> st
     return os.path.join(base, version)
 
 
-def open_source(path: str, split: str):
-    """A random-access source over one split of a built dataset directory (TFDS data source; no TensorFlow)."""
+def open_source(path: str, split: str, *, cache_bytes: int = 0):
+    """A random-access source over one split of a built dataset directory (TFDS data source; no TensorFlow);
+    with `cache_bytes` > 0 its parsed records stay in memory while the process's cache fits (record_cache.py)."""
     import tensorflow_datasets as tfds
 
     builder = tfds.builder_from_directory(os.fspath(path))
     if split not in builder.info.splits:
         raise KeyError(f"split {split!r} not in {os.fspath(path)} (has {sorted(builder.info.splits)})")
-    return builder.as_data_source(split)
+    source = builder.as_data_source(split)
+    if cache_bytes <= 0:
+        return source
+    # keyed by the build too (its dataset_info.json's time): a dataset rebuilt in place is not served stale records
+    stamp = os.stat(os.path.join(os.fspath(path), "dataset_info.json")).st_mtime_ns
+    return CachedSource(source, (f"{os.path.abspath(os.fspath(path))}@{stamp}", split), cache_bytes)
 
 
 def shard_of(shard_index: Optional[int], shard_count: Optional[int]) -> tuple[int, int]:

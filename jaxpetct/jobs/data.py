@@ -262,7 +262,7 @@ def dataset_path(cfg, workdir: str, name: str) -> str:
 
 def source(cfg, workdir: str, name: str, split: str):
     """A random-access source over one split of a built dataset (never builds: `--mode build` does)."""
-    return pipeline.open_source(dataset_path(cfg, workdir, name), split)
+    return pipeline.open_source(dataset_path(cfg, workdir, name), split, cache_bytes=int(cfg.data.cache_mb) * 2**20)
 
 
 def text_tokenizer(cfg, workdir: str, task: Optional[str]):

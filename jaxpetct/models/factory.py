@@ -29,7 +29,7 @@ from jaxpetct.models.lesion_map import LesionMapper
 from jaxpetct.models.projector import Projector, ProjectorConfig
 from jaxpetct.models.text_encoder import RobertaConfig, RobertaEncoder, load_roberta
 from jaxpetct.models.vlm import VLM
-from jaxpetct.parallel.rules import init_sharded, place_state
+from jaxpetct.parallel.rules import init_options, init_sharded, place_state
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -194,7 +194,8 @@ def _created(make, mesh=None):
     if mesh is not None:
         return init_sharded(make, mesh)
     graphdef, _ = nnx.split(nnx.eval_shape(make))
-    return nnx.merge(graphdef, jax.jit(lambda: nnx.state(make()))())  # also inside a trace (plan's eval_shape)
+    init = jax.jit(lambda: nnx.state(make()), compiler_options=init_options())
+    return nnx.merge(graphdef, init())  # also inside a trace (plan's eval_shape)
 
 
 def _vlm_parts(model_cfg: dict, decoder: Decoder, seed: int, lora: Optional[LoRAConfig]) -> VLM:

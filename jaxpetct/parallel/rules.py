@@ -155,6 +155,13 @@ def shard(x: jax.Array, logical_axes: Sequence[Optional[str]],
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def init_options() -> Optional[dict]:
+    """XLA options for a model's init program: on CPU, backend optimisation level 1 compiles it in about half the
+    time (the tiny default's VLM: 7.4 -> 4.1 s) and draws the very same weights (level 0 would not); run once,
+    such a program has nothing to gain from level 3. Other backends keep their defaults."""
+    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+
+
 def init_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh,
                  rules: Sequence[tuple[str, MeshAxes]] = LOGICAL_RULES) -> nnx.Module:
     """Build a model with every parameter created directly in its shard (never whole on one device).
@@ -170,7 +177,7 @@ def init_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh,
         return nnx.state(make_model())
 
     with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)()
+        state = jax.jit(init, out_shardings=shardings, compiler_options=init_options())()
     return nnx.merge(graphdef, state)
 
 

@@ -206,7 +206,9 @@ class _Reader:
     device, so the state saved is never poisoned."""
 
     def __init__(self, spec: StageSpec, stepper: Stepper, schedule, lr_scale: float, writer, bar, end: int):
-        self.spec, self.stepper, self.schedule, self.lr_scale = spec, stepper, schedule, lr_scale
+        self.spec, self.stepper, self.lr_scale = spec, stepper, lr_scale
+        # one compiled program for the logged LR: eager, optax's schedule is a dozen op dispatches a step
+        self.lr = jax.jit(schedule())
         self.writer, self.bar, self.end, self.meter, self.last = writer, bar, end, _Throughput(), {}
 
     def read(self, done: _Step, stop) -> None:
@@ -221,7 +223,7 @@ class _Reader:
                 f"{metrics['loss']}, grad_norm={metrics['grad_norm']}); the update was rejected and the last good "
                 "state is saved. Lower the learning rate or check the data.")
         record = {k: float(v) for k, v in metrics.items()}
-        record["lr"] = float(self.schedule()(done.number - 1) * self.lr_scale)
+        record["lr"] = float(self.lr(done.number - 1)) * self.lr_scale
         if done.number % self.spec.log_every == 0 or done.number == self.end:
             record.update(self.meter.flush(done.flops, self.stepper.input_s))
         record.update(done.val)

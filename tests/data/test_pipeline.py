@@ -225,3 +225,29 @@ def test_mixture_keeps_its_proportions_on_every_host(built):
         ds = pipeline.make_mixture(parts, "mistral-v1", cfg(batch_size=4, seed=2), shard_index=index, shard_count=2)
         tasks = [t for b in take(iter(ds), 4) for t in b["meta"]["task"]]
         assert tasks.count("report") == 12 and tasks.count("comparison") == 4
+
+
+def test_cached_records_give_the_same_batches_stay_within_budget_and_are_read_only(built):
+    from jaxpetct.data import record_cache
+
+    record_cache.clear()
+    plain = source(built)
+    path = built["regions"].dataset_dir
+    one = len(pickle.dumps(plain[0]))  # about a record's bytes
+    small = pipeline.open_source(path, "train", cache_bytes=3 * one)
+    assert isinstance(small, record_cache.CachedSource) and len(small) == len(plain)
+    for _ in range(2):  # a second epoch is served from memory where the first one cached
+        for i in range(len(plain)):
+            np.testing.assert_array_equal(small[i]["pet"], plain[i]["pet"])
+    assert 0 < record_cache.cached_bytes() <= 3 * one  # the budget holds: later records are read each time
+    with pytest.raises(ValueError, match="read-only"):
+        small[0]["ct"][0, 0, 0] = 1  # a transform writing into a record fails instead of changing later epochs
+    record_cache.clear()
+    big = pipeline.open_source(path, "train", cache_bytes=2**30)
+    a = take(iter(pipeline.make_dataset(big, "mistral-v1", cfg(seed=3, augment=AugmentConfig()), shard_index=0,
+                                        shard_count=1)), 6)
+    b = take(iter(pipeline.make_dataset(plain, "mistral-v1", cfg(seed=3, augment=AugmentConfig()), shard_index=0,
+                                        shard_count=1)), 6)
+    assert_same_batches(a, b)
+    assert pickle.loads(pickle.dumps(big)).key == big.key  # worker processes get their own cache
+    record_cache.clear()
