@@ -48,6 +48,7 @@ def paper_config(llm: str = "mistral_7b", mix: str = "OG", vision: str = "ctvit"
     c.data.source = "release"
     c.data.manual_dir = ""  # --config.data.manual_dir=/path/to/ViMed-PET
     c.data.record_shape = (140, 480, 480)
+    c.data.cache_mb = 0  # a record is ~130 MB: a cache would hold a handful of 2,757 studies in every loader process
     c.data.augment.edge_drop = (10, 20)  # the reference code's range, for 140-slice volumes
     c.data.train_mix, c.data.paraphrase_prob = _MIXES[mix]
     c.data.tokenizer = tokenizer
