@@ -174,7 +174,7 @@ class ModelIO:
     num_visual_tokens: int
     grid: tuple = ()  # the encoder's (T, h, w) token grid (lesion_map targets)
     text_positions: int = 0  # CLIP: tokens the text tower can place (RoBERTa: max positions - pad id - 1); 0 = none
-    slice_tokens: tuple = ()  # the token (T index) of each input slice where not uniform (Cosmos' causal frames)
+    slice_tokens: tuple = ()  # the token (T index) of each input slice (the encoder config's slice_tokens)
 
 
 def lesion_table_path(cfg, workdir: str) -> str:

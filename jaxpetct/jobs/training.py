@@ -58,7 +58,7 @@ def model_io(model) -> data_jobs.ModelIO:
     text = getattr(getattr(model, "text", None), "cfg", None)  # CLIP's text tower (fairseq positions from pad + 1)
     positions = int(text.max_position_embeddings - text.pad_token_id - 1) if text is not None else 0
     return data_jobs.ModelIO(tuple(enc.input_shape), int(enc.grid[0]), tuple(enc.grid), positions,
-                             tuple(getattr(enc, "slice_tokens", ())))
+                             tuple(enc.slice_tokens))
 
 
 def build_stage_model(cfg, name: str, *, mesh=None):

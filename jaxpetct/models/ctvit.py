@@ -92,6 +92,11 @@ class CTViTConfig(Precision):
         return (self.depth // self.temporal_patch_size, self.height // self.patch_size, self.width // self.patch_size)
 
     @property
+    def slice_tokens(self) -> tuple[int, ...]:
+        """The token (T index) of each input slice: slabs of temporal_patch_size slices (lesion_map targets)."""
+        return tuple(z // self.temporal_patch_size for z in range(self.depth))
+
+    @property
     def out_dim(self) -> int:
         """Features per output token: dim, plus the lesion logit when lesion_channel."""
         return self.dim + int(self.lesion_channel)

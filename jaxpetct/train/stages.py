@@ -71,10 +71,10 @@ def trainable_groups(cfg, name: str) -> tuple[ParamGroup, ...]:
     at encoder_lr_scale when the kind allows it and the config asks."""
     s = stage_settings(cfg, name)
     kind = kind_of(cfg, name)
-    groups = kind.groups
-    if kind.name == "encoder_pretrain":  # of a Cosmos encoder, the encode half: the decode half gets no gradient
-        groups = tuple(dataclasses.replace(g, pattern=encoder_trainable(cfg.model.encoder)) if g.name == "encoder"
-                       else g for g in groups)
+    # a kind's "encoder" group is the encoder's trainable weights (of Cosmos the encode half: the decode half
+    # gets no gradient, and AdamW's decay would still move it)
+    groups = tuple(dataclasses.replace(g, pattern=encoder_trainable(cfg.model.encoder)) if g.name == "encoder" else g
+                   for g in kind.groups)
     if s.trainable:
         try:
             groups = tuple(ParamGroup(g[0], g[1], lr_scale=float(g[2]) if len(g) > 2 else 1.0) for g in s.trainable)
