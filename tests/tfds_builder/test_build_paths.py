@@ -203,6 +203,7 @@ cfg = pipeline.LoaderConfig(batch_size=2, buckets=(512,), text=pipeline.TextConf
 batch = next(iter(pipeline.make_loader(sys.argv[2], s.config, "train", "mistral-v1", cfg, shard_index=0, shard_count=1)))
 assert "tensorflow" not in sys.modules
 print(s.examples["train"], batch["images"].shape, batch["input_ids"].shape)
+print("quarantined:", s.quarantined)
 """
 
 
@@ -211,8 +212,8 @@ def test_build_and_load_in_a_fresh_interpreter_without_tensorflow(cohort, tmp_pa
     out = subprocess.run([sys.executable, "-c", NO_TF_SCRIPT, cohort.root, str(tmp_path)], env=_env(), cwd=REPO,
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
-    n = out.stdout.strip().splitlines()[-1].split(" ", 1)[0]
-    assert int(n) == 3 * cohort.split_counts["train"]
+    *_, counts, quarantined = out.stdout.strip().splitlines()
+    assert int(counts.split(" ", 1)[0]) == 3 * cohort.split_counts["train"], (quarantined, out.stderr[-3000:])
     assert "(2, 2, 32, 64, 64) (2, 512)" in out.stdout  # resized to the default encoder grid
 
 
