@@ -65,7 +65,7 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--lora-alpha", type=float, default=32.0)
-    p.add_argument("--loss-chunk", type=int, default=1024, help="tokens per block of jaxpetct's loss (model.loss_chunk)")
+    p.add_argument("--loss-chunk", type=int, default=256, help="tokens per block of jaxpetct's loss (model.loss_chunk)")
     p.add_argument("--scan-layers", action="store_true", help="jaxpetct: layers under one nnx.scan")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile side")
     p.add_argument("--seed", type=int, default=0)
@@ -75,6 +75,17 @@ def parse(argv=None):
     if set(a.rows) - {"full", "lora"} or set(a.mask) - {"all", "answer"}:
         p.error("--rows takes full, lora; --mask takes all, answer")
     return a
+
+
+def cpu_model() -> str:
+    """The host CPU's model name: torch's MKL and XLA's kernels differ by vendor (MKL is slower on AMD)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown"
 
 
 def decoder_config(a):
@@ -234,7 +245,7 @@ def measure(row: str, mask: str, a) -> dict:
     out = {"row": row, "mask": mask, "layers": a.layers, "hidden": a.hidden, "intermediate": a.intermediate,
            "heads": a.heads, "kv_heads": a.kv_heads, "head_dim": cfg.head_dim, "vocab": a.vocab, "batch": a.batch,
            "seq": a.seq, "dtype": "float32", "target_tokens": int(host["loss_mask"][:, 1:].sum()),
-           "torch_threads": torch.get_num_threads(), "xla_device": jax.devices()[0].device_kind,
+           "torch_threads": torch.get_num_threads(), "xla_device": jax.devices()[0].device_kind, "cpu": cpu_model(),
            "steps": a.steps, "warmup": a.warmup, "loss_chunk": a.loss_chunk, "scan_layers": a.scan_layers}
     lora_a = None
     if row == "lora":
@@ -289,7 +300,8 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(a.threads)
     rows = [measure(row, mask, a) for row in a.rows for mask in a.mask]
     print(f"{a.layers} layers, hidden {a.hidden}, MLP {a.intermediate}, {a.heads}/{a.kv_heads} heads, vocab "
-          f"{a.vocab}, batch {a.batch} x {a.seq}, float32, torch threads {a.threads}; speed-up = torch s / jaxpetct s")
+          f"{a.vocab}, batch {a.batch} x {a.seq}, float32, loss blocks of {a.loss_chunk}, torch threads {a.threads}, "
+          f"{cpu_model()}; speed-up = torch s / jaxpetct s")
     print(table(rows))
     if a.json:
         from jaxpetct.atomic import write_text

@@ -120,7 +120,7 @@ class VLM(nnx.Module):
     """``VLM(encoder, projector, decoder)``; see the module docstring for the batch contract and the options."""
 
     def __init__(self, encoder: CTViT, projector: Projector, decoder: Decoder, *, prefix_lm: bool = False,
-                 freeze_encoder: bool = True, loss_chunk: int = 1024):
+                 freeze_encoder: bool = True, loss_chunk: int = 256):
         t, h, w = encoder.cfg.grid
         if projector.cfg.grid != (h, w) or projector.cfg.vision_dim != encoder.cfg.out_dim:
             raise ValueError(f"projector expects a {projector.cfg.grid} x {projector.cfg.vision_dim} grid, the encoder "
