@@ -16,7 +16,6 @@ from typing import Callable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxpetct.models.layers import DENSE_OUTPUT, Dense, annotated_param, contract
