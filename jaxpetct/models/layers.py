@@ -36,7 +36,8 @@ def contract(x: jax.Array, kernel: jax.Array, n_in: int, dtype) -> jax.Array:
     return _contract(x.astype(dtype), kernel.astype(dtype), n_in)
 
 
-def _dot(a, b, a_dims, b_dims):
+def dot(a, b, a_dims, b_dims):
+    """a . b contracting a's `a_dims` with b's `b_dims` (no batch dims): the products of the hand-written VJPs."""
     return jax.lax.dot_general(a, b, ((tuple(a_dims), tuple(b_dims)), ((), ())))
 
 
@@ -49,7 +50,7 @@ def _contract(x, kernel, n_in):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _contract_vjp(x, kernel, n_in):
-    return _dot(x, kernel, range(x.ndim - n_in, x.ndim), range(n_in))
+    return dot(x, kernel, range(x.ndim - n_in, x.ndim), range(n_in))
 
 
 def _contract_fwd(x, kernel, n_in):
@@ -63,8 +64,8 @@ def _contract_bwd(n_in, res, dy):
     x, kernel = res
     n_out = kernel.ndim - n_in
     lead = x.ndim - n_in
-    dx = _dot(dy, kernel, range(dy.ndim - n_out, dy.ndim), range(n_in, kernel.ndim))
-    dk = _dot(x, dy, range(lead), range(lead))
+    dx = dot(dy, kernel, range(dy.ndim - n_out, dy.ndim), range(n_in, kernel.ndim))
+    dk = dot(x, dy, range(lead), range(lead))
     return dx, dk
 
 

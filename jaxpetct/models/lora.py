@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from jaxpetct.models.layers import DENSE_OUTPUT, Dense, annotated_param, contract
+from jaxpetct.models.layers import DENSE_OUTPUT, Dense, annotated_param, contract, dot
 
 LoRAParam = nnx.LoRAParam
 
@@ -83,10 +83,6 @@ class LoRAAdapter(nnx.Module):
         return f(a, b)
 
 
-def _dot(a, b, a_dims, b_dims):
-    return jax.lax.dot_general(a, b, ((tuple(a_dims), tuple(b_dims)), ((), ())))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _low_rank(x, a, b, n_in, scale):
     """scale * (x @ A) @ B over the last `n_in` dims of x."""
@@ -94,8 +90,8 @@ def _low_rank(x, a, b, n_in, scale):
 
 
 def _low_rank_fwd(x, a, b, n_in, scale):
-    h = _dot(x, a, range(x.ndim - n_in, x.ndim), range(n_in)) * scale  # (..., rank): small, kept
-    return _dot(h, b, (h.ndim - 1,), (0,)), (x, a, b, h)
+    h = dot(x, a, range(x.ndim - n_in, x.ndim), range(n_in)) * scale  # (..., rank): small, kept
+    return dot(h, b, (h.ndim - 1,), (0,)), (x, a, b, h)
 
 
 def _low_rank_bwd(n_in, scale, res, dy):
@@ -106,10 +102,10 @@ def _low_rank_bwd(n_in, scale, res, dy):
     x, a, b, h = res
     lead = x.ndim - n_in
     n_out = b.ndim - 1
-    db = _dot(h, dy, range(lead), range(lead))  # (rank, *out)
-    dh = _dot(dy, b, range(dy.ndim - n_out, dy.ndim), range(1, b.ndim)) * scale  # (..., rank)
-    da = jnp.moveaxis(_dot(dh, x, range(lead), range(lead)), 0, -1)  # (rank, *in) -> (*in, rank)
-    dx = _dot(dh, a, (dh.ndim - 1,), (n_in,))
+    db = dot(h, dy, range(lead), range(lead))  # (rank, *out)
+    dh = dot(dy, b, range(dy.ndim - n_out, dy.ndim), range(1, b.ndim)) * scale  # (..., rank)
+    da = jnp.moveaxis(dot(dh, x, range(lead), range(lead)), 0, -1)  # (rank, *in) -> (*in, rank)
+    dx = dot(dh, a, (dh.ndim - 1,), (n_in,))
     return dx, da, db
 
 
